@@ -1,0 +1,81 @@
+"""Where Blender is and how a node's cores are shared between render slots.
+
+A slot is one Blender kept open; each gets ``threads`` render threads and reserves as many CPUs from
+Ray, so slots × threads never exceeds the node's cores. More slots hide Blender's single-threaded
+per-frame work (scene sync, file write) behind other slots' rendering; fewer, fatter slots finish a
+single frame sooner. The default is measured on the lab's machines (see the README's benchmarks).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from farm.errors import FarmError
+
+INSTALL_HINT = "install Blender (Debian: apt-get install blender) or set FARM_BLENDER to its path"
+
+
+def find_blender(explicit: str | None = None) -> str:
+    """The Blender to run: ``explicit``, else ``$FARM_BLENDER``, else ``blender`` on PATH."""
+    chosen = explicit or os.environ.get("FARM_BLENDER")
+    if chosen:
+        path = Path(chosen).expanduser()
+        found = shutil.which(str(path)) if path.parent == Path(".") else str(path)
+        if not found or not Path(found).is_file() or not os.access(found, os.X_OK):
+            raise FarmError(f"Blender not found at {chosen!r}: {INSTALL_HINT}")
+        return found
+    found = shutil.which("blender")
+    if not found:
+        raise FarmError(f"Blender not found on PATH: {INSTALL_HINT}")
+    return found
+
+
+def node_cpus() -> int:
+    """CPUs this process may use (the affinity mask, not the machine's core count)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+@dataclass(frozen=True)
+class SlotLayout:
+    """How many Blenders run at once on a node and how many threads each gets."""
+
+    slots: int
+    threads: int
+
+    @classmethod
+    def for_node(
+        cls, cpus: int, slots: int | None = None, threads: int | None = None
+    ) -> SlotLayout:
+        """Defaults: one slot per 2 cores, every core busy, none oversubscribed."""
+        if slots is not None and slots < 1:
+            raise FarmError(f"--slots must be at least 1, got {slots}")
+        if threads is not None and threads < 1:
+            raise FarmError(f"--threads must be at least 1, got {threads}")
+        if slots is None:
+            slots = max(1, cpus // (threads or 2))
+        if threads is None:
+            threads = max(1, cpus // slots)
+        return cls(slots, threads)
+
+    @classmethod
+    def resolve(
+        cls, slots: int | None = None, threads: int | None = None, cpus: int | None = None
+    ) -> SlotLayout:
+        """The layout asked for, else ``FARM_SLOTS`` / ``FARM_THREADS``, else the defaults."""
+
+        def number(name: str) -> int | None:
+            value = os.environ.get(name)
+            if value is None:
+                return None
+            if not value.strip().isdigit():
+                raise FarmError(f"{name}={value!r} is not a whole number")
+            return int(value)
+
+        return cls.for_node(
+            cpus or node_cpus(),
+            slots if slots is not None else number("FARM_SLOTS"),
+            threads if threads is not None else number("FARM_THREADS"),
+        )

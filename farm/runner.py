@@ -1,0 +1,327 @@
+"""Runs one render job on a Ray cluster: dispatch, streaming assembly, retries, atomic writes.
+
+The driver keeps one warm :class:`~workers.render_slot.RenderSlot` per slot, hands each idle slot the
+next task, and waits on all running tasks at once with ``ray.wait`` (no thread per task). Tiles are
+pasted into their frame as they arrive; a frame is written the moment its last tile lands, on a
+small writer pool so the dispatch loop never waits on a disk.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import ray
+from ray.exceptions import RayActorError, RayTaskError
+from ray.util.queue import Empty, Queue
+
+from farm.errors import FarmError
+from farm.states import State, TaskRecord
+from farm.tiling.assemble import BufferPool, FrameAssembly
+from farm.tiling.imagefile import Pixels, write_bytes, write_frame
+from pipelines import render
+from pipelines.render import JobPlan, RenderSpec, RenderTask
+from workers.blender_session import BlenderError, SessionOptions
+from workers.render_slot import FrameOutput, RenderSlot, TaskResult
+
+PROGRESS_TICK = 0.1  # seconds between drains of the progress channel
+
+
+@dataclass(frozen=True)
+class Event:
+    """What the display and the JSON summary learn about a running job."""
+
+    kind: str  # planned | started | progress | done | retry | failed | written
+    key: str = ""
+    frame: int | None = None
+    value: float = 0.0
+    message: str = ""
+    plan: JobPlan | None = None
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How this run uses the cluster (not part of the job: the same job may run anywhere)."""
+
+    blender: str
+    slots: int
+    threads: int
+    stall_timeout: float = 600.0
+
+
+@dataclass
+class RunSummary:
+    """Everything ``farm render --json`` prints."""
+
+    frames: list[int] = field(default_factory=list)
+    written: dict[int, str] = field(default_factory=dict)
+    failed: dict[int, str] = field(default_factory=dict)
+    tasks: int = 0
+    attempts: int = 0
+    retries: int = 0
+    tiled_frames: int = 0
+    slots: int = 0
+    threads: int = 0
+    seconds: float = 0.0
+    render_seconds: float = 0.0
+    width: int = 0
+    height: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed and len(self.written) == len(self.frames)
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "state": State.DONE.value if self.ok else State.FAILED.value,
+            "frames": len(self.frames),
+            "written": len(self.written),
+            "paths": [self.written[f] for f in sorted(self.written)],
+            "failed": {str(f): reason for f, reason in sorted(self.failed.items())},
+            "resolution": [self.width, self.height],
+            "tasks": self.tasks,
+            "attempts": self.attempts,
+            "retries": self.retries,
+            "tiled_frames": self.tiled_frames,
+            "slots": self.slots,
+            "threads_per_slot": self.threads,
+            "seconds": round(self.seconds, 3),
+            "seconds_per_frame": round(self.seconds / max(1, len(self.written)), 4),
+            "render_seconds": round(self.render_seconds, 3),
+        }
+
+
+def ensure_ray(address: str | None = None) -> None:
+    """Join the Ray cluster at ``address``, or start a quiet local one (embedded mode)."""
+    if not ray.is_initialized():
+        ray.init(
+            address=address,
+            include_dashboard=False,
+            logging_level=logging.ERROR,
+            log_to_driver=False,
+        )
+
+
+def _one_line(error: BaseException) -> str:
+    """The cause of a failed attempt, without Ray's wrapping."""
+    if isinstance(error, RayTaskError) and error.cause is not None:
+        error = error.cause
+    return str(error).strip() or type(error).__name__
+
+
+class RenderRun:
+    """One render job from validated spec to written frames."""
+
+    def __init__(
+        self, spec: RenderSpec, options: RunOptions, on_event: Callable[[Event], None] | None = None
+    ) -> None:
+        self.spec = spec
+        self.options = options
+        self.on_event = on_event or (lambda event: None)
+        self.summary = RunSummary(slots=options.slots, threads=options.threads)
+        self._pool = BufferPool()
+        self._progress: Queue | None = None
+        self._drained = 0.0
+
+    def _new_slot(self, settings: dict[str, Any]) -> Any:
+        opts = self.options
+        gpu = settings.get("device", "CPU") != "CPU"
+        session = SessionOptions(
+            blender=opts.blender,
+            scene=self.spec.scene.absolute(),
+            threads=opts.threads,
+            allow_scripts=self.spec.allow_scripts,
+            stall_timeout=opts.stall_timeout,
+        )
+        actor = ray.remote(RenderSlot).options(num_cpus=opts.threads, num_gpus=1 if gpu else 0)
+        return actor.remote(session, settings, self._progress)
+
+    def run(self) -> RunSummary:
+        started = time.monotonic()
+        ensure_ray()
+        self._progress = Queue(actor_options={"num_cpus": 0})
+        slots = [self._new_slot(self.spec.overrides) for _ in range(self.options.slots)]
+        try:
+            plan = self._open(slots)
+            self.summary.frames = list(plan.frames)
+            self.summary.width, self.summary.height = plan.width, plan.height
+            self.on_event(Event("planned", plan=plan))
+            self._dispatch(plan, slots)
+        finally:
+            for slot in slots:
+                ray.kill(slot)
+            ray.kill(self._progress.actor)
+        self.summary.seconds = time.monotonic() - started
+        return self.summary
+
+    def _open(self, slots: list[Any]) -> JobPlan:
+        """Open the scene in every slot at once; validate the job against what Blender reports."""
+        try:
+            infos = ray.get([slot.open.remote() for slot in slots])
+        except RayTaskError as error:
+            cause = error.cause if isinstance(error.cause, BlenderError) else error
+            lines = [line for line in str(cause).splitlines() if line.strip()]
+            detail = next((line for line in reversed(lines) if "rror" in line), lines[-1])
+            raise FarmError(f"Blender could not open {self.spec.scene}: {detail.strip()}") from None
+        plan = render.plan(self.spec, infos[0], len(slots))
+        if plan.settings != self.spec.overrides:
+            ray.get([slot.open.remote(plan.settings) for slot in slots])
+        return plan
+
+    def _initial_tasks(self, plan: JobPlan) -> collections.deque[RenderTask]:
+        if self.spec.tiles.kind in ("grid", "size"):
+            tile_plan = plan.tile_plan()
+            tasks = [t for c in plan.chunks() for t in plan.tile_tasks(c.frames[0], tile_plan)]
+            return collections.deque(tasks)
+        return collections.deque(plan.chunks())
+
+    def _dispatch(self, plan: JobPlan, slots: list[Any]) -> None:
+        spec, summary = self.spec, self.summary
+        pending = self._initial_tasks(plan)
+        records = {task.key: TaskRecord(task.key) for task in pending}
+        assemblies: dict[int, FrameAssembly] = {}
+        if spec.tiles.kind in ("grid", "size"):
+            tile_plan = plan.tile_plan()
+            assemblies = {f: FrameAssembly(tile_plan, self._pool) for f in plan.frames}
+        idle = list(slots)
+        running: dict[ray.ObjectRef, tuple[RenderTask, Any]] = {}
+        writes: dict[Future[None], tuple[int, FrameAssembly | None]] = {}
+        whole_frames_waiting = sum(1 for t in pending if t.tile is None)
+
+        with ThreadPoolExecutor(max_workers=2, thread_name_prefix="farm-write") as writer:
+            while pending or running or writes:
+                while idle and pending:
+                    task = pending.popleft()
+                    if task.tile is None:
+                        whole_frames_waiting -= 1
+                        count = 1
+                        if spec.tiles.kind == "auto" and len(task.frames) == 1:
+                            count = render.auto_tile_count(whole_frames_waiting + 1, len(idle))
+                        if count > 1:
+                            tile_plan = plan.tile_plan(count)
+                            assemblies[task.frames[0]] = FrameAssembly(tile_plan, self._pool)
+                            tiles = plan.tile_tasks(task.frames[0], tile_plan)
+                            del records[task.key]
+                            records.update((t.key, TaskRecord(t.key)) for t in tiles)
+                            pending.extendleft(reversed(tiles))
+                            summary.tiled_frames += 1
+                            continue
+                    slot = idle.pop()
+                    records[task.key].move(State.RUNNING)
+                    running[slot.render.remote(task)] = (task, slot)
+                    self.on_event(Event("started", task.key, task.frames[0]))
+
+                self._drain_progress()
+                ready = self._wait(running, writes)
+                for ref in ready:
+                    task, slot = running.pop(ref)
+                    record = records[task.key]
+                    try:
+                        result: TaskResult = ray.get(ref)
+                    except (RayTaskError, RayActorError) as error:
+                        if isinstance(error, RayActorError):  # the slot's process died
+                            index = slots.index(slot)
+                            ray.kill(slot)
+                            slot = slots[index] = self._new_slot(plan.settings)
+                        idle.append(slot)
+                        self._failed(task, record, _one_line(error), pending)
+                        continue
+                    idle.append(slot)
+                    record.move(State.DONE)
+                    self.on_event(Event("done", task.key, task.frames[0]))
+                    for output in result.outputs:
+                        summary.render_seconds += output.seconds
+                        written = self._collect(plan, output, assemblies, writer)
+                        if written is not None:
+                            writes[written[0]] = (output.frame, written[1])
+                self._finish_writes(plan, writes)
+
+        summary.tasks = len(records)
+        summary.attempts = sum(r.attempts for r in records.values())
+        summary.retries = summary.attempts - summary.tasks
+
+    def _wait(self, running: dict[ray.ObjectRef, Any], writes: dict[Future[None], Any]) -> list:
+        """Block until a task finishes (or a progress tick passes); return every finished task."""
+        if not running:
+            if writes:
+                next(iter(writes)).exception()
+            return []
+        ready, _ = ray.wait(list(running), num_returns=1, timeout=0.2)
+        if ready and len(running) > 1:
+            more, _ = ray.wait(list(running), num_returns=len(running), timeout=0)
+            ready = list(dict.fromkeys([*ready, *more]))
+        return ready
+
+    def _collect(
+        self,
+        plan: JobPlan,
+        output: FrameOutput,
+        assemblies: dict[int, FrameAssembly],
+        writer: ThreadPoolExecutor,
+    ) -> tuple[Future[None], FrameAssembly | None] | None:
+        """Paste a tile or take a whole frame; start the write when a frame is complete."""
+        path = plan.output(output.frame)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if output.tile is None:
+            assert output.data is not None
+            return writer.submit(write_bytes, path, output.data), None
+        assembly = assemblies[output.frame]
+        assert output.pixels is not None
+        assembly.add(output.tile, output.pixels.data)
+        if not assembly.complete:
+            return None
+        frame_pixels = Pixels(assembly.frame(), output.pixels.channels, output.pixels.metadata)
+        image = plan.image
+        future = writer.submit(write_frame, path, frame_pixels, image.compression, image.quality)
+        return future, assembly
+
+    def _finish_writes(self, plan: JobPlan, writes: dict[Future[None], Any]) -> None:
+        for future in [f for f in writes if f.done()]:
+            frame, assembly = writes.pop(future)
+            if assembly is not None:
+                assembly.release()
+            error = future.exception()
+            if error is not None:
+                self.summary.failed[frame] = f"could not write {plan.output(frame)}: {error}"
+                self.on_event(Event("failed", frame=frame, message=self.summary.failed[frame]))
+                continue
+            self.summary.written[frame] = str(plan.output(frame))
+            self.on_event(Event("written", frame=frame, message=str(plan.output(frame))))
+
+    def _failed(
+        self,
+        task: RenderTask,
+        record: TaskRecord,
+        reason: str,
+        pending: collections.deque[RenderTask],
+    ) -> None:
+        """Retry the task on the next free slot, or give its frames up once retries are spent."""
+        record.errors.append(reason)
+        if record.attempts <= self.spec.retries:
+            record.move(State.QUEUED)
+            pending.appendleft(task)
+            self.on_event(Event("retry", task.key, task.frames[0], message=reason))
+            return
+        record.move(State.FAILED)
+        for frame in task.frames:
+            self.summary.failed[frame] = reason.splitlines()[0]
+        self.on_event(Event("failed", task.key, task.frames[0], message=reason))
+
+    def _drain_progress(self) -> None:
+        """Pass Blender's progress on, at most every PROGRESS_TICK seconds (each drain is a call)."""
+        assert self._progress is not None
+        now = time.monotonic()
+        if now - self._drained < PROGRESS_TICK:
+            return
+        self._drained = now
+        try:
+            updates = self._progress.get_nowait_batch(self._progress.qsize())
+        except Empty:
+            return
+        for key, fraction in updates:
+            self.on_event(Event("progress", key, value=fraction))

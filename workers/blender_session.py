@@ -1,0 +1,201 @@
+"""A warm Blender: one subprocess kept open on one scene, rendering frames and regions on command.
+
+A cold ``blender -b scene -f N`` spends about a second before its first sample; a Blender kept open
+with ``render.use_persistent_data`` renders the next small frame in well under a tenth of that. Blender
+runs as a subprocess, never as ``import bpy``: a Blender crash must not take the Ray worker down, and
+each node may have its own Blender build.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import json
+import os
+import queue
+import re
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+DRIVER = Path(__file__).with_name("blender_driver.py")
+PREFIX = "@@farm "
+_SAMPLE = re.compile(r"Sample (\d+)/(\d+)")
+
+
+class BlenderError(RuntimeError):
+    """Blender failed an attempt; the message ends with Blender's last log lines."""
+
+
+@dataclass(frozen=True)
+class SessionOptions:
+    """How to start Blender for one scene."""
+
+    blender: str
+    scene: Path
+    threads: int = 0  # 0: Blender's default, every core
+    allow_scripts: bool = False
+    stall_timeout: float = 600.0  # seconds without a line of output before the attempt fails
+    env: dict[str, str] | None = None
+
+
+class BlenderSession:
+    """One Blender process on one scene. Not thread-safe: one command at a time."""
+
+    def __init__(self, options: SessionOptions) -> None:
+        self.options = options
+        self.info: dict[str, Any] = {}
+        self._process: subprocess.Popen[str] | None = None
+        self._replies: queue.Queue[dict[str, Any] | None] = queue.Queue()
+        self._log: collections.deque[str] = collections.deque(maxlen=40)
+        self._last_output = time.monotonic()
+        self._on_line: Callable[[str], None] | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process else None
+
+    @property
+    def alive(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+    def start(self) -> dict[str, Any]:
+        """Launch Blender on the scene and return the scene info it reports."""
+        opts = self.options
+        command = [
+            opts.blender,
+            "--background",
+            "--factory-startup",
+            "--enable-autoexec" if opts.allow_scripts else "--disable-autoexec",
+            str(opts.scene),
+            "--threads",
+            str(opts.threads),
+            "--python",
+            str(DRIVER),
+        ]
+        env = dict(os.environ if opts.env is None else opts.env)
+        env.setdefault("PYTHONUNBUFFERED", "1")
+        self._replies = queue.Queue()
+        self._last_output = time.monotonic()
+        self._process = subprocess.Popen(
+            command,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            bufsize=1,
+            env=env,
+            start_new_session=True,
+        )
+        threading.Thread(target=self._read, args=(self._process,), daemon=True).start()
+        self.info = self._wait("hello")["info"]
+        return self.info
+
+    def configure(self, settings: dict[str, Any]) -> dict[str, Any]:
+        """Apply job overrides (engine, device, samples, seed, resolution, dither)."""
+        self._send({"op": "configure", "settings": settings})
+        self.info = self._wait("configured")["info"]
+        return self.info
+
+    def render(
+        self,
+        frame: int,
+        border: tuple[float, float, float, float] | None,
+        image: dict[str, Any],
+        folder: Path,
+        on_progress: Callable[[float], None] | None = None,
+    ) -> Path:
+        """Render ``frame`` (or the ``border`` region of it) into ``folder``; return the file."""
+
+        def progress(line: str) -> None:
+            if on_progress and (match := _SAMPLE.search(line)):
+                on_progress(int(match[1]) / max(1, int(match[2])))
+
+        self._on_line = progress
+        try:
+            self._send(
+                {
+                    "op": "render",
+                    "frame": frame,
+                    "border": border,
+                    "image": image,
+                    "dir": str(folder),
+                }
+            )
+            return Path(self._wait("rendered")["path"])
+        finally:
+            self._on_line = None
+
+    def close(self) -> None:
+        """Ask Blender to quit; kill it if it does not within a few seconds."""
+        process, self._process = self._process, None
+        if process is None:
+            return
+        try:
+            if process.poll() is None and process.stdin:
+                process.stdin.write(json.dumps({"op": "quit"}) + "\n")
+                process.stdin.flush()
+            process.wait(timeout=5)
+        except (OSError, subprocess.TimeoutExpired):
+            self._kill(process)
+
+    @staticmethod
+    def _kill(process: subprocess.Popen[str]) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+    def _read(self, process: subprocess.Popen[str]) -> None:
+        assert process.stdout is not None
+        for line in process.stdout:
+            self._last_output = time.monotonic()
+            line = line.rstrip("\n")
+            if line.startswith(PREFIX):
+                self._replies.put(json.loads(line[len(PREFIX) :]))
+                continue
+            self._log.append(line)
+            if self._on_line:
+                self._on_line(line)
+        self._replies.put(None)
+
+    def _send(self, command: dict[str, Any]) -> None:
+        if not self.alive:
+            raise self._failure("Blender is not running")
+        assert self._process is not None and self._process.stdin is not None
+        try:
+            self._process.stdin.write(json.dumps(command) + "\n")
+            self._process.stdin.flush()
+        except OSError as error:
+            raise self._failure(f"Blender stopped accepting commands ({error})") from error
+
+    def _wait(self, op: str) -> dict[str, Any]:
+        while True:
+            idle = time.monotonic() - self._last_output
+            try:
+                message = self._replies.get(timeout=max(0.1, self.options.stall_timeout - idle))
+            except queue.Empty:
+                if time.monotonic() - self._last_output < self.options.stall_timeout:
+                    continue
+                raise self._failure(
+                    f"Blender printed nothing for {self.options.stall_timeout:g} s"
+                ) from None
+            if message is None:
+                code = self._process.wait() if self._process else None
+                raise self._failure(f"Blender exited with code {code}")
+            if message.get("op") == "error":
+                raise BlenderError(f"{message['error']}\n{message.get('trace', '')}")
+            if message.get("op") == op:
+                return message
+
+    def _failure(self, reason: str) -> BlenderError:
+        """Kill what is left of Blender and describe the failure with its last log lines."""
+        process, self._process = self._process, None
+        if process is not None:
+            self._kill(process)
+        tail = "\n".join(self._log)
+        return BlenderError(f"{reason}; last lines:\n{tail}" if tail else reason)

@@ -1,0 +1,112 @@
+"""A render slot: a Ray actor that owns one warm Blender session on a lab node.
+
+The slot renders a task (a chunk of frames or one tile), then decodes what Blender wrote on the node
+that rendered it: a tile becomes a pixel array, a whole frame stays Blender's own file bytes. Either
+goes back through Ray's object store, so outputs need no shared filesystem. Progress goes through
+the job's one channel (a Ray queue the driver drains), a few updates a second at most.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from farm.tiling.imagefile import Pixels, read_pixels
+from pipelines.render import RenderTask
+from workers.blender_session import BlenderSession, SessionOptions
+
+PROGRESS_INTERVAL = 0.25  # seconds between progress updates of one slot
+
+
+@dataclass
+class FrameOutput:
+    """One rendered frame or tile: encoded file bytes (whole frame) or decoded pixels (tile)."""
+
+    frame: int
+    tile: int | None
+    data: bytes | None = None
+    pixels: Pixels | None = None
+    seconds: float = 0.0
+
+
+@dataclass
+class TaskResult:
+    key: str
+    outputs: list[FrameOutput] = field(default_factory=list)
+    node: str = ""
+
+
+class RenderSlot:
+    """Keeps Blender open on the job's scene between tasks; restarts it after a crash."""
+
+    def __init__(
+        self,
+        options: SessionOptions,
+        settings: dict[str, Any],
+        progress: Any = None,
+    ) -> None:
+        self.session = BlenderSession(options)
+        self.settings = settings
+        self.progress = progress
+        self.folder = Path(tempfile.mkdtemp(prefix="farm-slot-"))
+
+    def open(self, settings: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Start Blender on the scene if it is not running, and apply the job's settings."""
+        changed = settings is not None and settings != self.settings
+        if settings is not None:
+            self.settings = settings
+        if not self.session.alive:
+            self.session.start()
+            self.session.configure(self._device_settings())
+        elif changed:
+            self.session.configure(self._device_settings())
+        return self.session.info
+
+    def _device_settings(self) -> dict[str, Any]:
+        """GPU devices render on GPUs only where Ray gave this slot some; else the CPU."""
+        import ray
+
+        settings = dict(self.settings)
+        if settings.get("device", "CPU") != "CPU" and not ray.get_gpu_ids():
+            settings["device"] = "CPU"
+        return settings
+
+    def blender_pid(self) -> int | None:
+        return self.session.pid
+
+    def render(self, task: RenderTask) -> TaskResult:
+        import ray
+
+        self.open()
+        result = TaskResult(task.key, node=ray.get_runtime_context().get_node_id())
+        last = 0.0
+
+        def report(fraction: float) -> None:
+            nonlocal last
+            now = time.monotonic()
+            if self.progress is not None and (now - last >= PROGRESS_INTERVAL or fraction >= 1):
+                last = now
+                self.progress.put_nowait((task.key, fraction))
+
+        for frame in task.frames:
+            started = time.monotonic()
+            path = self.session.render(frame, task.border, task.image, self.folder, report)
+            try:
+                output = FrameOutput(frame, task.tile)
+                if task.tile is None:
+                    output.data = path.read_bytes()
+                else:
+                    output.pixels = read_pixels(path)
+            finally:
+                path.unlink(missing_ok=True)
+            output.seconds = time.monotonic() - started
+            result.outputs.append(output)
+        return result
+
+    def close(self) -> None:
+        self.session.close()
+        shutil.rmtree(self.folder, ignore_errors=True)
