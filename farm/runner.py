@@ -144,6 +144,9 @@ class RenderRun:
     def run(self) -> RunSummary:
         started = time.monotonic()
         ensure_ray()
+        device = self.spec.overrides.get("device", "CPU")
+        if device != "CPU" and ray.cluster_resources().get("GPU", 0) < 1:
+            raise FarmError(f"--device {device}: the Ray cluster has no GPUs")
         self._progress = Queue(actor_options={"num_cpus": 0})
         slots = [self._new_slot(self.spec.overrides) for _ in range(self.options.slots)]
         try:

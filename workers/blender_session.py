@@ -167,6 +167,7 @@ class BlenderSession:
         if not self.alive:
             raise self._failure("Blender is not running")
         assert self._process is not None and self._process.stdin is not None
+        self._last_output = time.monotonic()  # the stall clock runs from the command, not before
         try:
             self._process.stdin.write(json.dumps(command) + "\n")
             self._process.stdin.flush()
