@@ -1,0 +1,120 @@
+"""The ``farm`` command as a user meets it: help, one-line refusals with exit code 2, JSON summaries."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+
+def farm(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None):
+    return subprocess.run(
+        [sys.executable, "-m", "farm", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        cwd=cwd,
+        timeout=300,
+    )
+
+
+def test_help_names_the_commands_and_options() -> None:
+    top = farm("--help")
+    assert top.returncode == 0 and "render" in top.stdout and "demo" in top.stdout
+    render = farm("render", "--help")
+    for option in ("--frames", "--tiles", "--overscan", "--output", "--chunk", "--json", "--slots"):
+        assert option in render.stdout
+
+
+@pytest.fixture(scope="module")
+def scene(make_scene) -> Path:
+    return make_scene(64, 36, samples=2, frames=4)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["missing.blend"], "scene file missing.blend does not exist"),
+        (["{notblend}"], "is not a Blender .blend file"),
+        (["{scene}", "--frames", ""], "--frames is empty"),
+        (["{scene}", "--frames", "10-1"], "runs backwards"),
+        (["{scene}", "--frames", "one-two"], "cannot read"),
+        (["{scene}", "--overscan", "-4"], "--overscan must be at least 0"),
+        (["{scene}", "--frames", "1-3", "-o", "{out}/still.exr"], "has no # for the frame number"),
+        (["{scene}", "-o", "{blocker}/sub/f_####.exr"], "cannot be created"),
+        (["{scene}", "--tiles", "lots"], "--tiles 'lots'"),
+        (["{scene}", "--samples", "many"], "'many' is not a valid integer"),
+        (
+            ["{scene}", "--frames", "1", "--tiles", "65x2"],
+            "more tiles than the 64x36 frame has pixels",
+        ),
+    ],
+)
+def test_bad_input_is_one_line_exit_2_and_nothing_written(scene, tmp_path, args, message) -> None:
+    notblend = tmp_path / "notes.blend"
+    notblend.write_text("not a scene")
+    blocker = tmp_path / "blocker"
+    blocker.write_text("")
+    out = tmp_path / "out"
+    values = {"scene": scene, "notblend": notblend, "out": out, "blocker": blocker}
+    result = (
+        farm(
+            "render",
+            *[a.format(**values) for a in args],
+            "-o",
+            str(out / "f_####.exr"),
+            cwd=tmp_path,
+        )
+        if "-o" not in args
+        else farm("render", *[a.format(**values) for a in args], cwd=tmp_path)
+    )
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert message in lines[0]
+    assert not out.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["blocker", "notes.blend"]
+
+
+def test_blender_not_found(scene, tmp_path) -> None:
+    result = farm(
+        "render",
+        str(scene),
+        "-o",
+        str(tmp_path / "f_####.exr"),
+        env={"FARM_BLENDER": "/no/blender"},
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        "error: Blender not found at '/no/blender': install Blender (Debian: apt-get install blender) "
+        "or set FARM_BLENDER to its path"
+    )
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_render_prints_a_json_summary_and_exits_0(scene, tmp_path) -> None:
+    result = farm(
+        "render",
+        str(scene),
+        "--frames",
+        "1-4",
+        "--tiles",
+        "2x2",
+        "--overscan",
+        "4",
+        "-o",
+        str(tmp_path / "r" / "shot_####.exr"),
+        "--json",
+        "--slots",
+        "2",
+    )
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["state"] == "done" and summary["written"] == 4 and summary["tasks"] == 16
+    assert summary["paths"] == [str(tmp_path / "r" / f"shot_{f:04d}.exr") for f in range(1, 5)]
+    assert all(Path(p).is_file() for p in summary["paths"])
+    assert "4 of 4 frames written" in result.stderr
