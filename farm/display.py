@@ -30,6 +30,7 @@ class JobDisplay:
             TextColumn("ETA"),
             TimeRemainingColumn(),
             console=self.console,
+            refresh_per_second=4,
             transient=False,
         )
         self._task: TaskID | None = None

@@ -18,7 +18,6 @@ from typing import Any
 
 import ray
 from ray.exceptions import RayActorError, RayTaskError
-from ray.util.queue import Empty, Queue
 
 from farm.errors import FarmError
 from farm.states import State, TaskRecord
@@ -27,9 +26,10 @@ from farm.tiling.imagefile import Pixels, write_bytes, write_frame
 from pipelines import render
 from pipelines.render import JobPlan, RenderSpec, RenderTask
 from workers.blender_session import BlenderError, SessionOptions
+from workers.progress import ProgressChannel
 from workers.render_slot import FrameOutput, RenderSlot, TaskResult
 
-PROGRESS_TICK = 0.1  # seconds between drains of the progress channel
+PROGRESS_TICK = 0.5  # seconds between drains of the progress channel
 
 
 @dataclass(frozen=True)
@@ -125,7 +125,7 @@ class RenderRun:
         self.on_event = on_event or (lambda event: None)
         self.summary = RunSummary(slots=options.slots, threads=options.threads)
         self._pool = BufferPool()
-        self._progress: Queue | None = None
+        self._progress: Any = None
         self._drained = 0.0
 
     def _new_slot(self, settings: dict[str, Any]) -> Any:
@@ -147,7 +147,7 @@ class RenderRun:
         device = self.spec.overrides.get("device", "CPU")
         if device != "CPU" and ray.cluster_resources().get("GPU", 0) < 1:
             raise FarmError(f"--device {device}: the Ray cluster has no GPUs")
-        self._progress = Queue(actor_options={"num_cpus": 0})
+        self._progress = ray.remote(ProgressChannel).options(num_cpus=0).remote()
         slots = [self._new_slot(self.spec.overrides) for _ in range(self.options.slots)]
         try:
             plan = self._open(slots)
@@ -158,7 +158,7 @@ class RenderRun:
         finally:
             for slot in slots:
                 ray.kill(slot)
-            ray.kill(self._progress.actor)
+            ray.kill(self._progress)
         self.summary.seconds = time.monotonic() - started
         return self.summary
 
@@ -254,7 +254,7 @@ class RenderRun:
             if writes:
                 next(iter(writes)).exception()
             return []
-        ready, _ = ray.wait(list(running), num_returns=1, timeout=0.2)
+        ready, _ = ray.wait(list(running), num_returns=1, timeout=PROGRESS_TICK)
         if ready and len(running) > 1:
             more, _ = ray.wait(list(running), num_returns=len(running), timeout=0)
             ready = list(dict.fromkeys([*ready, *more]))
@@ -322,9 +322,5 @@ class RenderRun:
         if now - self._drained < PROGRESS_TICK:
             return
         self._drained = now
-        try:
-            updates = self._progress.get_nowait_batch(self._progress.qsize())
-        except Empty:
-            return
-        for key, fraction in updates:
+        for key, fraction in ray.get(self._progress.drain.remote()).items():
             self.on_event(Event("progress", key, value=fraction))

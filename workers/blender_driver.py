@@ -9,7 +9,8 @@ Blender 3.4 to 5.x, so any Blender a lab node has can be driven.
 Commands:
   {"op": "configure", "settings": {...}}   apply job overrides once; replies with the scene info
   {"op": "render", "frame": N, "border": [min_x, max_x, min_y, max_y] | null,
-   "image": {...}, "dir": "/tmp/..."}       render one frame or region into dir; replies with the path
+   "image": {...}, "dir": "/tmp/...", "name": "unique_"}
+                                           render one frame or region; replies with the file written
   {"op": "quit"}
 """
 
@@ -22,7 +23,6 @@ import traceback
 import bpy
 
 PREFIX = "@@farm "
-RENDERS = []  # one entry per render, so every render writes a new file name
 
 
 def reply(**message):
@@ -126,8 +126,7 @@ def render(scene, command):
     os.makedirs(folder, exist_ok=True)
     before = set(os.listdir(folder))
     render_settings.use_file_extension = True
-    RENDERS.append(command["frame"])
-    render_settings.filepath = os.path.join(folder, f"render{len(RENDERS)}_")
+    render_settings.filepath = os.path.join(folder, command["name"])
     started = time.monotonic()
     bpy.ops.render.render(write_still=True)
     written = sorted(set(os.listdir(folder)) - before)

@@ -18,6 +18,7 @@ import signal
 import subprocess
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -125,6 +126,7 @@ class BlenderSession:
                     "border": border,
                     "image": image,
                     "dir": str(folder),
+                    "name": f"render_{uuid.uuid4().hex[:12]}_",  # never a stale file's name
                 }
             )
             return Path(self._wait("rendered")["path"])

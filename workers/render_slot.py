@@ -3,7 +3,7 @@
 The slot renders a task (a chunk of frames or one tile), then decodes what Blender wrote on the node
 that rendered it: a tile becomes a pixel array, a whole frame stays Blender's own file bytes. Either
 goes back through Ray's object store, so outputs need no shared filesystem. Progress goes through
-the job's one channel (a Ray queue the driver drains), a few updates a second at most.
+the job's one channel (:mod:`workers.progress`, drained by the driver), a few updates a second at most.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from farm.tiling.imagefile import Pixels, read_pixels
 from pipelines.render import RenderTask
 from workers.blender_session import BlenderSession, SessionOptions
 
-PROGRESS_INTERVAL = 0.25  # seconds between progress updates of one slot
+PROGRESS_INTERVAL = 0.5  # seconds between progress updates of one slot
 
 
 @dataclass
@@ -90,7 +90,7 @@ class RenderSlot:
             now = time.monotonic()
             if self.progress is not None and (now - last >= PROGRESS_INTERVAL or fraction >= 1):
                 last = now
-                self.progress.put_nowait((task.key, fraction))
+                self.progress.report.remote(task.key, fraction)
 
         for frame in task.frames:
             started = time.monotonic()
