@@ -155,7 +155,10 @@ def render(scene: str, **kwargs: Any) -> None:
 )
 @render_options
 def demo(scene_out: str, **kwargs: Any) -> None:
-    """Build the example shot with Blender, then render it on the embedded farm."""
+    """Build the example shot with Blender, then render it in 2x2 tiles on the embedded farm.
+
+    The frames land in renders/demo/ as PNG, ready to open in any viewer.
+    """
     scene = Path(scene_out)
     if not scene.exists():
         blender = find_blender()
@@ -177,8 +180,11 @@ def demo(scene_out: str, **kwargs: Any) -> None:
         if built.returncode != 0 or not scene.exists():
             tail = (built.stdout + built.stderr).strip().splitlines()[-1:] or ["no output"]
             raise FarmError(f"building the example shot failed: {tail[0]}")
+    context = click.get_current_context()
+    if context.get_parameter_source("tiles") is click.core.ParameterSource.DEFAULT:
+        kwargs["tiles"] = "2x2"  # the demo shows the tiling core at work
     if kwargs["output"] is None:
-        kwargs["output"] = "renders/demo/shot_####.exr"
+        kwargs["output"] = "renders/demo/shot_####.png"
     _render(str(scene), kwargs)
 
 

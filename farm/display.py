@@ -16,6 +16,10 @@ from rich.progress import (
 from farm.runner import Event, RunSummary
 
 
+def _count(number: int, one: str, many: str = "") -> str:
+    return f"{number} {one if number == 1 else many or one + 's'}"
+
+
 class JobDisplay:
     """A rich progress bar on stderr, fed by the runner's events."""
 
@@ -88,8 +92,8 @@ class JobDisplay:
         where = folders[0] if len(folders) == 1 else f"{len(folders)} folders"
         self.console.print(
             f"[green]{count} of {len(summary.frames)} frames written[/] to {where} in "
-            f"{summary.seconds:.1f} s ({rate:.2f} s/frame; {summary.slots} slots × "
-            f"{summary.threads} threads; {summary.retries} retries)"
+            f"{summary.seconds:.1f} s ({rate:.2f} s/frame; {_count(summary.slots, 'slot')} × "
+            f"{_count(summary.threads, 'thread')}; {_count(summary.retries, 'retry', 'retries')})"
         )
         for frame, reason in sorted(summary.failed.items()):
             self.console.print(f"[red]frame {frame} failed[/]: {reason}")

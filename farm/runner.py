@@ -156,11 +156,16 @@ class RenderRun:
             self.on_event(Event("planned", plan=plan))
             self._dispatch(plan, slots)
         finally:
-            for slot in slots:
-                ray.kill(slot)
-            ray.kill(self._progress)
+            self._close(slots)
         self.summary.seconds = time.monotonic() - started
         return self.summary
+
+    def _close(self, slots: list[Any]) -> None:
+        """Let idle slots quit Blender and tidy up, then end every actor (busy ones included:
+        their Blender dies with its worker)."""
+        ray.wait([slot.close.remote() for slot in slots], num_returns=len(slots), timeout=5)
+        for actor in [*slots, self._progress]:
+            ray.kill(actor)
 
     def _open(self, slots: list[Any]) -> JobPlan:
         """Open the scene in every slot at once; validate the job against what Blender reports."""

@@ -88,3 +88,29 @@ def test_auto_tiles_a_still_across_every_slot(ray_local, blender, make_scene, tm
     assert summary["tiled_frames"] == 1 and summary["tasks"] == 2
     reference = pixels(blender_render(blender, scene, 2, tmp_path / "ref.exr"))
     assert np.array_equal(pixels(tmp_path / "still.exr"), reference)
+
+
+def test_chunks_and_overrides_match_blender_with_the_same_settings(
+    ray_local, blender, make_scene, tmp_path
+) -> None:
+    scene = make_scene(96, 54, samples=4, frames=4)
+    summary = farm_render(
+        blender,
+        scene,
+        tmp_path / "farm_####.exr",
+        frames="1-4",
+        chunk=2,
+        resolution="50x30",
+        samples=2,
+        seed=7,
+    )
+    assert summary["tasks"] == 2 and summary["written"] == 4 and summary["resolution"] == [50, 30]
+    same = (
+        "import bpy; s = bpy.context.scene; s.render.resolution_x = 50; s.render.resolution_y = 30; "
+        "s.render.resolution_percentage = 100; s.cycles.samples = 2; s.cycles.seed = 7"
+    )
+    for frame in (2, 3):
+        reference = pixels(blender_render(blender, scene, frame, tmp_path / "ref.exr", python=same))
+        farm = pixels(tmp_path / f"farm_{frame:04d}.exr")
+        assert farm.shape == (30, 50, 4)
+        assert np.array_equal(farm, reference)

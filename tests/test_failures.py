@@ -160,3 +160,25 @@ def test_a_frame_that_always_crashes_fails_after_its_retries(
     assert sorted(summary.written) == [1, 2, 4]
     assert [e.key for e in recorder.events if e.kind == "retry"] == ["f3"]
     assert not (tmp_path / "f_0003.exr").exists()
+
+
+def test_a_killed_render_slot_is_replaced_and_its_blender_dies_with_it(
+    ray_local, blender, make_scene, tmp_path
+) -> None:
+    scene = make_scene(96, 54, samples=400, frames=4)
+    victims: list[tuple[int, int]] = []
+
+    def kill_a_slot() -> None:
+        time.sleep(0.8)
+        blender_process = blenders_on(scene)[0]
+        worker = blender_process.parent()  # the Ray worker process of the slot actor
+        victims.append((worker.pid, blender_process.pid))
+        worker.send_signal(signal.SIGKILL)
+
+    recorder = Recorder("started", kill_a_slot)
+    summary = run(blender, scene, tmp_path / "f_####.exr", recorder, frames="1-4", tiles="none")
+    assert victims
+    assert summary.ok and summary.retries == 1
+    assert recorder.written() == Counter({1: 1, 2: 1, 3: 1, 4: 1})
+    assert not psutil.pid_exists(victims[0][1])  # no orphan Blender left rendering
+    assert blenders_on(scene) == []  # and none left behind by the job's end

@@ -14,6 +14,7 @@ import json
 import os
 import queue
 import re
+import shutil
 import signal
 import subprocess
 import threading
@@ -27,6 +28,12 @@ from typing import Any
 DRIVER = Path(__file__).with_name("blender_driver.py")
 PREFIX = "@@farm "
 _SAMPLE = re.compile(r"Sample (\d+)/(\d+)")
+
+
+# Blender gets SIGKILL when the process that started it dies, so a killed Ray worker never leaves
+# an orphan Blender rendering on (util-linux's setpriv; Popen's preexec_fn is unsafe in threaded Ray
+# workers).
+DIE_WITH_PARENT = ["setpriv", "--pdeathsig", "KILL", "--"] if shutil.which("setpriv") else []
 
 
 class BlenderError(RuntimeError):
@@ -69,6 +76,7 @@ class BlenderSession:
         """Launch Blender on the scene and return the scene info it reports."""
         opts = self.options
         command = [
+            *DIE_WITH_PARENT,
             opts.blender,
             "--background",
             "--factory-startup",
