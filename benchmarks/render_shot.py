@@ -25,6 +25,7 @@ from pathlib import Path
 from farm.config import SlotLayout, find_blender
 
 ROOT = Path(__file__).resolve().parent.parent
+RAY = str(Path(sys.executable).with_name("ray"))  # the ray CLI of this environment
 ROUNDS = 2
 
 
@@ -76,7 +77,7 @@ def main() -> None:
         rows.setdefault(name, []).append(seconds)
         tasks[name] = count
 
-    subprocess.run(["ray", "stop", "--force"], capture_output=True, check=False)
+    subprocess.run([RAY, "stop", "--force"], capture_output=True, check=False)
     for _ in range(ROUNDS):
         record("blender -b shot.blend -a", baseline())
         record("farm render --tiles 2x2, embedded (starts its own Ray)", *through_farm("2x2"))
@@ -98,14 +99,14 @@ def main() -> None:
             record("farm render --tiles 2x2, running Ray cluster", *through_farm("2x2"))
             record("farm render --tiles none, running Ray cluster", *through_farm("none"))
     finally:
-        subprocess.run(["ray", "stop", "--force"], capture_output=True, check=False)
+        subprocess.run([RAY, "stop", "--force"], capture_output=True, check=False)
         shutil.rmtree(work, ignore_errors=True)
 
     base = min(rows["blender -b shot.blend -a"])
     print(
         f"Example shot: 24 frames, 320x180, 16 samples; {os.cpu_count()} cores; farm layout "
-        f"{layout.slots} slots x {layout.threads} threads; best of {ROUNDS * 2 if ROUNDS else 0} "
-        "baseline runs and of each farm row.\n"
+        f"{layout.slots} slot(s) x {layout.threads} thread(s); best of {ROUNDS * 2} baseline runs "
+        f"and of {ROUNDS} runs for each farm row.\n"
     )
     print("| run | wall (s) | vs blender -a | tasks | overhead per task (ms) |")
     print("|---|---:|---:|---:|---:|")

@@ -9,6 +9,7 @@ small writer pool so the dispatch loop never waits on a disk.
 from __future__ import annotations
 
 import collections
+import itertools
 import logging
 import time
 from collections.abc import Callable
@@ -30,6 +31,9 @@ from workers.progress import ProgressChannel
 from workers.render_slot import FrameOutput, RenderSlot, TaskResult
 
 PROGRESS_TICK = 0.5  # seconds between drains of the progress channel
+# Tasks queued on one slot: the next task waits in the actor's mailbox, so a slot never idles for
+# a driver round trip between two tasks.
+SLOT_DEPTH = 2
 
 
 @dataclass(frozen=True)
@@ -196,20 +200,23 @@ class RenderRun:
         if spec.tiles.kind in ("grid", "size"):
             tile_plan = plan.tile_plan()
             assemblies = {f: FrameAssembly(tile_plan, self._pool) for f in plan.frames}
-        idle = list(slots)
-        running: dict[ray.ObjectRef, tuple[RenderTask, Any]] = {}
+        load = [0] * len(slots)  # tasks queued on each slot
+        running: dict[ray.ObjectRef, tuple[RenderTask, int, Any, int]] = {}
+        sequence = itertools.count()  # dispatch order: a slot runs its tasks in this order
+        died_running: dict[Any, int] = {}  # dead slot → the task it was running when it died
         writes: dict[Future[None], tuple[int, FrameAssembly | None]] = {}
         whole_frames_waiting = sum(1 for t in pending if t.tile is None)
 
         with ThreadPoolExecutor(max_workers=2, thread_name_prefix="farm-write") as writer:
             while pending or running or writes:
-                while idle and pending:
+                while pending and min(load) < SLOT_DEPTH:
                     task = pending.popleft()
                     if task.tile is None:
                         whole_frames_waiting -= 1
                         count = 1
                         if spec.tiles.kind == "auto" and len(task.frames) == 1:
-                            count = render.auto_tile_count(whole_frames_waiting + 1, len(idle))
+                            free = load.count(0)
+                            count = render.auto_tile_count(whole_frames_waiting + 1, free)
                         if count > 1:
                             tile_plan = plan.tile_plan(count)
                             assemblies[task.frames[0]] = FrameAssembly(tile_plan, self._pool)
@@ -219,27 +226,36 @@ class RenderRun:
                             pending.extendleft(reversed(tiles))
                             summary.tiled_frames += 1
                             continue
-                    slot = idle.pop()
+                    index = load.index(min(load))
+                    load[index] += 1
                     records[task.key].move(State.RUNNING)
-                    running[slot.render.remote(task)] = (task, slot)
+                    ref = slots[index].render.remote(task)
+                    running[ref] = (task, index, slots[index], next(sequence))
                     self.on_event(Event("started", task.key, task.frames[0]))
 
                 self._drain_progress()
                 ready = self._wait(running, writes)
-                for ref in ready:
-                    task, slot = running.pop(ref)
+                for ref in sorted(ready, key=lambda r: running[r][3]):
+                    task, index, actor, seq = running.pop(ref)
+                    load[index] -= 1
                     record = records[task.key]
                     try:
                         result: TaskResult = ray.get(ref)
-                    except (RayTaskError, RayActorError) as error:
-                        if isinstance(error, RayActorError):  # the slot's process died
-                            index = slots.index(slot)
-                            ray.kill(slot)
-                            slot = slots[index] = self._new_slot(plan.settings)
-                        idle.append(slot)
+                    except RayActorError as error:
+                        if slots[index] is actor:
+                            ray.kill(actor)  # its process died: a fresh slot takes its place
+                            slots[index] = self._new_slot(plan.settings)
+                        if seq != died_running.setdefault(
+                            actor, min([seq, *(s for _, _, a, s in running.values() if a == actor)])
+                        ):
+                            record.unstart()  # it was still queued behind the running task
+                            pending.appendleft(task)
+                            continue
                         self._failed(task, record, _one_line(error), pending)
                         continue
-                    idle.append(slot)
+                    except RayTaskError as error:
+                        self._failed(task, record, _one_line(error), pending)
+                        continue
                     record.move(State.DONE)
                     self.on_event(Event("done", task.key, task.frames[0]))
                     for output in result.outputs:

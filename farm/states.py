@@ -67,3 +67,12 @@ class TaskRecord:
         elif new.finished:
             self.ended = now
         self.state = new
+
+    def unstart(self) -> None:
+        """Back to queued, the attempt not counted: it was queued on a slot that died before
+        the task began, so it never ran."""
+        if self.state is not State.RUNNING:
+            raise IllegalTransition(f"task {self.key}: {self.state} has no attempt to take back")
+        self.state = State.QUEUED
+        self.attempts -= 1
+        self.started = None
