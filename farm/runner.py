@@ -72,6 +72,7 @@ class RunSummary:
     slots: int = 0
     threads: int = 0
     seconds: float = 0.0
+    startup_seconds: float = 0.0  # from the start to the first task sent: Ray, slots, Blender
     render_seconds: float = 0.0
     width: int = 0
     height: int = 0
@@ -96,6 +97,7 @@ class RunSummary:
             "threads_per_slot": self.threads,
             "seconds": round(self.seconds, 3),
             "seconds_per_frame": round(self.seconds / max(1, len(self.written)), 4),
+            "startup_seconds": round(self.startup_seconds, 3),
             "render_seconds": round(self.render_seconds, 3),
         }
 
@@ -131,6 +133,7 @@ class RenderRun:
         self._pool = BufferPool()
         self._progress: Any = None
         self._drained = 0.0
+        self._started = 0.0
 
     def _new_slot(self, settings: dict[str, Any]) -> Any:
         opts = self.options
@@ -146,11 +149,9 @@ class RenderRun:
         return actor.remote(session, settings, self._progress)
 
     def run(self) -> RunSummary:
-        started = time.monotonic()
+        self._started = time.monotonic()
         ensure_ray()
-        device = self.spec.overrides.get("device", "CPU")
-        if device != "CPU" and ray.cluster_resources().get("GPU", 0) < 1:
-            raise FarmError(f"--device {device}: the Ray cluster has no GPUs")
+        self._check_cluster()
         self._progress = ray.remote(ProgressChannel).options(num_cpus=0).remote()
         slots = [self._new_slot(self.spec.overrides) for _ in range(self.options.slots)]
         try:
@@ -159,15 +160,35 @@ class RenderRun:
             self.summary.width, self.summary.height = plan.width, plan.height
             self.on_event(Event("planned", plan=plan))
             self._dispatch(plan, slots)
-        finally:
-            self._close(slots)
-        self.summary.seconds = time.monotonic() - started
+        except BaseException:
+            self._close(slots, graceful=False)  # Ctrl-C or an error: no waiting on busy slots
+            raise
+        self._close(slots, graceful=True)
+        self.summary.seconds = time.monotonic() - self._started
         return self.summary
 
-    def _close(self, slots: list[Any]) -> None:
-        """Let idle slots quit Blender and tidy up, then end every actor (busy ones included:
-        their Blender dies with its worker)."""
-        ray.wait([slot.close.remote() for slot in slots], num_returns=len(slots), timeout=5)
+    def _check_cluster(self) -> None:
+        """Refuse a layout Ray could never place (its actors would wait forever)."""
+        opts, device = self.options, self.spec.overrides.get("device", "CPU")
+        gpus = ray.cluster_resources().get("GPU", 0)
+        if device != "CPU" and gpus < opts.slots:
+            raise FarmError(
+                f"--device {device} needs one GPU per slot: the Ray cluster has {gpus:g} GPUs "
+                f"for {opts.slots} slots (use --slots)"
+            )
+        nodes = [n["Resources"].get("CPU", 0) for n in ray.nodes() if n.get("Alive")]
+        if sum(nodes) < opts.slots * opts.threads or max(nodes, default=0) < opts.threads:
+            raise FarmError(
+                f"{opts.slots} slots × {opts.threads} threads need {opts.slots * opts.threads} CPUs "
+                f"(at least {opts.threads} on one node); the Ray cluster has {sum(nodes):g} "
+                f"on {len(nodes)} node(s)"
+            )
+
+    def _close(self, slots: list[Any], graceful: bool) -> None:
+        """End every actor; gracefully first, so idle slots quit Blender and tidy up (a busy
+        slot's Blender dies with its worker anyway)."""
+        if graceful:
+            ray.wait([slot.close.remote() for slot in slots], num_returns=len(slots), timeout=5)
         for actor in [*slots, self._progress]:
             ray.kill(actor)
 
@@ -229,6 +250,8 @@ class RenderRun:
                     index = load.index(min(load))
                     load[index] += 1
                     records[task.key].move(State.RUNNING)
+                    if not summary.startup_seconds:
+                        summary.startup_seconds = time.monotonic() - self._started
                     ref = slots[index].render.remote(task)
                     running[ref] = (task, index, slots[index], next(sequence))
                     self.on_event(Event("started", task.key, task.frames[0]))

@@ -52,6 +52,8 @@ def scene(make_scene) -> Path:
             ["{scene}", "--frames", "1", "--tiles", "65x2"],
             "more tiles than the 64x36 frame has pixels",
         ),
+        (["{scene}", "--slots", "64", "--threads", "64"], "need 4096 CPUs"),
+        (["{scene}", "--device", "OPTIX"], "needs one GPU per slot"),
     ],
 )
 def test_bad_input_is_one_line_exit_2_and_nothing_written(scene, tmp_path, args, message) -> None:
