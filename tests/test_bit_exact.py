@@ -114,3 +114,20 @@ def test_chunks_and_overrides_match_blender_with_the_same_settings(
         farm = pixels(tmp_path / f"farm_{frame:04d}.exr")
         assert farm.shape == (30, 50, 4)
         assert np.array_equal(farm, reference)
+
+
+def test_tiled_jpeg_matches_blenders_jpeg(ray_local, blender, make_scene, tmp_path) -> None:
+    scene = make_scene(96, 54, samples=4, frames=3)
+    farm_render(blender, scene, tmp_path / "farm_####.jpg", frames="2", tiles="2x2")
+    reference = blender_render(
+        blender,
+        scene,
+        2,
+        tmp_path / "ref.jpg",
+        python="import bpy; s = bpy.context.scene; s.render.image_settings.file_format = 'JPEG'; "
+        "s.render.image_settings.quality = 90; s.render.dither_intensity = 0",
+    )
+    farm, ref = pixels(tmp_path / "farm_0002.jpg"), pixels(reference)
+    assert farm.shape == ref.shape == (54, 96, 3)
+    # Two JPEG encoders (Blender's and OIIO's) of the same pixels: close, not identical.
+    assert np.abs(farm.astype(int) - ref.astype(int)).mean() < 1.5

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import OpenImageIO as oiio
 import pytest
 
 
@@ -113,10 +114,15 @@ def test_render_prints_a_json_summary_and_exits_0(scene, tmp_path) -> None:
         "--json",
         "--slots",
         "2",
+        "--compression",
+        "PIZ",
     )
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout)
     assert summary["state"] == "done" and summary["written"] == 4 and summary["tasks"] == 16
     assert summary["paths"] == [str(tmp_path / "r" / f"shot_{f:04d}.exr") for f in range(1, 5)]
     assert all(Path(p).is_file() for p in summary["paths"])
+    written = oiio.ImageInput.open(summary["paths"][0])
+    assert written.spec().get_string_attribute("compression") == "piz"
+    written.close()
     assert "4 of 4 frames written" in result.stderr

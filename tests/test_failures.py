@@ -70,6 +70,9 @@ def test_kill_9_blender_mid_render_retries_and_writes_each_frame_once(
     assert recorder.written() == Counter({1: 1, 2: 1, 3: 1, 4: 1})
     retry = next(e for e in recorder.events if e.kind == "retry")
     assert "Blender exited with code -9" in retry.message
+    assert "last lines:" in retry.message and "Fra:" in retry.message  # Blender's own log
+    progress = [e.value for e in recorder.events if e.kind == "progress"]
+    assert all(0 <= value <= 1 for value in progress) and max(progress) > 0  # from Blender's output
     assert sorted(p.name for p in tmp_path.iterdir()) == [f"f_{f:04d}.exr" for f in range(1, 5)]
 
 
