@@ -11,7 +11,7 @@ from typing import Any
 import click
 
 from farm import __version__
-from farm.config import SlotLayout, find_blender
+from farm.config import SlotLayout, farm_home, find_blender
 from farm.display import JobDisplay
 from farm.errors import FarmError, RenderFailed
 from farm.runner import RenderRun, RunOptions, RunSummary
@@ -108,9 +108,10 @@ def _render(scene: str, kwargs: dict[str, Any]) -> None:
     spec = validate(RenderRequest(scene=scene, **kwargs))
     layout = SlotLayout.resolve(slots, threads)
     options = RunOptions(find_blender(), layout.slots, layout.threads, stall_timeout)
+    store = f"sqlite:///{(farm_home() / 'farm.db').absolute()}"
     display = JobDisplay()
     with display:
-        summary = RenderRun(spec, options, display).run()
+        summary = RenderRun(spec, options, display, store).run()
     display.summary(summary)
     _finish(summary, as_json)
 
@@ -149,17 +150,15 @@ def render(scene: str, **kwargs: Any) -> None:
 @cli.command()
 @click.option(
     "--scene-out",
-    default=".farm/examples/shot.blend",
-    show_default=True,
-    help="Where to build the example scene.",
+    help="Where to build the example scene (default: $FARM_HOME/examples/shot.blend).",
 )
 @render_options
-def demo(scene_out: str, **kwargs: Any) -> None:
+def demo(scene_out: str | None, **kwargs: Any) -> None:
     """Build the example shot with Blender, then render it in 2x2 tiles on the embedded farm.
 
     The frames land in renders/demo/ as PNG, ready to open in any viewer.
     """
-    scene = Path(scene_out)
+    scene = Path(scene_out) if scene_out else farm_home() / "examples" / "shot.blend"
     if not scene.exists():
         blender = find_blender()
         scene.parent.mkdir(parents=True, exist_ok=True)

@@ -33,6 +33,11 @@ def find_blender(explicit: str | None = None) -> str:
     return found
 
 
+def farm_home() -> Path:
+    """Where embedded mode keeps its store and the example scene: ``$FARM_HOME``, else ``./.farm``."""
+    return Path(os.environ.get("FARM_HOME", ".farm")).expanduser()
+
+
 def node_cpus() -> int:
     """CPUs this process may use (the affinity mask, not the machine's core count)."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1

@@ -9,6 +9,7 @@ small writer pool so the dispatch loop never waits on a disk.
 from __future__ import annotations
 
 import collections
+import getpass
 import itertools
 import logging
 import time
@@ -19,9 +20,12 @@ from typing import Any
 
 import ray
 from ray.exceptions import RayActorError, RayTaskError
+from sqlalchemy.orm import Session
 
+from farm import states
 from farm.errors import FarmError
-from farm.states import State, TaskRecord
+from farm.states import State
+from farm.store import Job, Task, open_store, session
 from farm.tiling.assemble import BufferPool, FrameAssembly
 from farm.tiling.imagefile import Pixels, write_bytes, write_frame
 from pipelines import render
@@ -124,16 +128,41 @@ class RenderRun:
     """One render job from validated spec to written frames."""
 
     def __init__(
-        self, spec: RenderSpec, options: RunOptions, on_event: Callable[[Event], None] | None = None
+        self,
+        spec: RenderSpec,
+        options: RunOptions,
+        on_event: Callable[[Event], None] | None = None,
+        store: str | None = None,  # the store's URL; None: an in-memory store for this run
+        owner: str | None = None,
     ) -> None:
         self.spec = spec
         self.options = options
         self.on_event = on_event or (lambda event: None)
         self.summary = RunSummary(slots=options.slots, threads=options.threads)
+        self.store_url = store or "sqlite://"
+        self.db: Session | None = None  # opened once the job is valid: a refusal records nothing
+        self.job = Job(
+            kind="render",
+            name=spec.scene.name,
+            owner=owner or getpass.getuser(),
+            state=State.QUEUED.value,
+            spec=spec.as_json(),
+        )
         self._pool = BufferPool()
         self._progress: Any = None
         self._drained = 0.0
         self._started = 0.0
+        self._nodes: list[str] = []  # the Ray node of each slot
+
+    def _add_task(self, task: RenderTask) -> Task:
+        row = Task(
+            job=self.job,
+            key=task.key,
+            state=State.QUEUED.value,
+            payload={"frames": list(task.frames), "tile": task.tile},
+        )
+        self.db.add(row)
+        return row
 
     def _new_slot(self, settings: dict[str, Any]) -> Any:
         opts = self.options
@@ -150,18 +179,25 @@ class RenderRun:
 
     def run(self) -> RunSummary:
         self._started = time.monotonic()
-        ensure_ray()
-        self._check_cluster()
-        self._progress = ray.remote(ProgressChannel).options(num_cpus=0).remote()
-        slots = [self._new_slot(self.spec.overrides) for _ in range(self.options.slots)]
+        slots: list[Any] = []
         try:
+            ensure_ray()
+            self._check_cluster()
+            self._progress = ray.remote(ProgressChannel).options(num_cpus=0).remote()
+            slots = [self._new_slot(self.spec.overrides) for _ in range(self.options.slots)]
             plan = self._open(slots)
+            self.db = session(open_store(self.store_url))
+            self.db.add(self.job)
+            self.db.commit()
             self.summary.frames = list(plan.frames)
             self.summary.width, self.summary.height = plan.width, plan.height
             self.on_event(Event("planned", plan=plan))
             self._dispatch(plan, slots)
-        except BaseException:
+        except BaseException as error:
             self._close(slots, graceful=False)  # Ctrl-C or an error: no waiting on busy slots
+            if self.db is not None:
+                ended = State.CANCELLED if isinstance(error, KeyboardInterrupt) else State.FAILED
+                states.move_job(self.db, self.job, ended, message=_one_line(error))
             raise
         self._close(slots, graceful=True)
         self.summary.seconds = time.monotonic() - self._started
@@ -190,7 +226,8 @@ class RenderRun:
         if graceful:
             ray.wait([slot.close.remote() for slot in slots], num_returns=len(slots), timeout=5)
         for actor in [*slots, self._progress]:
-            ray.kill(actor)
+            if actor is not None:
+                ray.kill(actor)
 
     def _open(self, slots: list[Any]) -> JobPlan:
         """Open the scene in every slot at once; validate the job against what Blender reports."""
@@ -201,6 +238,7 @@ class RenderRun:
             lines = [line for line in str(cause).splitlines() if line.strip()]
             detail = next((line for line in reversed(lines) if "rror" in line), lines[-1])
             raise FarmError(f"Blender could not open {self.spec.scene}: {detail.strip()}") from None
+        self._nodes = [info["node"] for info in infos]
         plan = render.plan(self.spec, infos[0], len(slots))
         if plan.settings != self.spec.overrides:
             ray.get([slot.open.remote(plan.settings) for slot in slots])
@@ -216,11 +254,15 @@ class RenderRun:
     def _dispatch(self, plan: JobPlan, slots: list[Any]) -> None:
         spec, summary = self.spec, self.summary
         pending = self._initial_tasks(plan)
-        records = {task.key: TaskRecord(task.key) for task in pending}
+        records = {task.key: self._add_task(task) for task in pending}
+        self.db.commit()
         assemblies: dict[int, FrameAssembly] = {}
         if spec.tiles.kind in ("grid", "size"):
             tile_plan = plan.tile_plan()
             assemblies = {f: FrameAssembly(tile_plan, self._pool) for f in plan.frames}
+        resources = {"CPU": self.options.threads}
+        if plan.settings.get("device", "CPU") != "CPU":
+            resources["GPU"] = 1
         load = [0] * len(slots)  # tasks queued on each slot
         running: dict[ray.ObjectRef, tuple[RenderTask, int, Any, int]] = {}
         sequence = itertools.count()  # dispatch order: a slot runs its tasks in this order
@@ -242,14 +284,23 @@ class RenderRun:
                             tile_plan = plan.tile_plan(count)
                             assemblies[task.frames[0]] = FrameAssembly(tile_plan, self._pool)
                             tiles = plan.tile_tasks(task.frames[0], tile_plan)
-                            del records[task.key]
-                            records.update((t.key, TaskRecord(t.key)) for t in tiles)
+                            self.db.delete(records.pop(task.key))  # it never ran: tiles replace it
+                            records.update((t.key, self._add_task(t)) for t in tiles)
+                            self.db.commit()
                             pending.extendleft(reversed(tiles))
                             summary.tiled_frames += 1
                             continue
                     index = load.index(min(load))
                     load[index] += 1
-                    records[task.key].move(State.RUNNING)
+                    if self.job.state == State.QUEUED:
+                        states.move_job(self.db, self.job, State.RUNNING)
+                    states.move_task(
+                        self.db,
+                        records[task.key],
+                        State.RUNNING,
+                        node=self._nodes[index],
+                        resources=resources,
+                    )
                     if not summary.startup_seconds:
                         summary.startup_seconds = time.monotonic() - self._started
                     ref = slots[index].render.remote(task)
@@ -268,10 +319,11 @@ class RenderRun:
                         if slots[index] is actor:
                             ray.kill(actor)  # its process died: a fresh slot takes its place
                             slots[index] = self._new_slot(plan.settings)
+                            self._nodes[index] = ""  # known again when it returns a result
                         if seq != died_running.setdefault(
                             actor, min([seq, *(s for _, _, a, s in running.values() if a == actor)])
                         ):
-                            record.unstart()  # it was still queued behind the running task
+                            states.unstart(self.db, record)  # it was queued behind the running task
                             pending.appendleft(task)
                             continue
                         self._failed(task, record, _one_line(error), pending)
@@ -279,7 +331,8 @@ class RenderRun:
                     except RayTaskError as error:
                         self._failed(task, record, _one_line(error), pending)
                         continue
-                    record.move(State.DONE)
+                    self._nodes[index] = result.node
+                    states.move_task(self.db, record, State.DONE, node=result.node)
                     self.on_event(Event("done", task.key, task.frames[0]))
                     for output in result.outputs:
                         summary.render_seconds += output.seconds
@@ -291,6 +344,7 @@ class RenderRun:
         summary.tasks = len(records)
         summary.attempts = sum(r.attempts for r in records.values())
         summary.retries = summary.attempts - summary.tasks
+        states.move_job(self.db, self.job, State.DONE if summary.ok else State.FAILED)
 
     def _wait(self, running: dict[ray.ObjectRef, Any], writes: dict[Future[None], Any]) -> list:
         """Block until a task finishes (or a progress tick passes); return every finished task."""
@@ -343,18 +397,17 @@ class RenderRun:
     def _failed(
         self,
         task: RenderTask,
-        record: TaskRecord,
+        record: Task,
         reason: str,
         pending: collections.deque[RenderTask],
     ) -> None:
         """Retry the task on the next free slot, or give its frames up once retries are spent."""
-        record.errors.append(reason)
         if record.attempts <= self.spec.retries:
-            record.move(State.QUEUED)
+            states.move_task(self.db, record, State.QUEUED, error=reason)
             pending.appendleft(task)
             self.on_event(Event("retry", task.key, task.frames[0], message=reason))
             return
-        record.move(State.FAILED)
+        states.move_task(self.db, record, State.FAILED, error=reason)
         for frame in task.frames:
             self.summary.failed[frame] = reason.splitlines()[0]
         self.on_event(Event("failed", task.key, task.frames[0], message=reason))

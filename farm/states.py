@@ -3,13 +3,17 @@
 Jobs and tasks share the same states. A task is *queued* until a slot takes it, *running* while an
 attempt is under way, and ends *done*, *failed* (its retries spent) or *cancelled*. *paused* and
 *held* keep queued work from starting: paused by the user, held by the farm (a dependency, a quota).
+Every transition is committed to the store before the caller acts on it, so a farm that dies at any
+point restarts from what the store says.
 """
 
 from __future__ import annotations
 
 import enum
-import time
-from dataclasses import dataclass, field
+
+from sqlalchemy.orm import Session
+
+from farm.store import Attempt, Event, Job, Task, now
 
 
 class State(enum.StrEnum):
@@ -27,7 +31,10 @@ class State(enum.StrEnum):
 
 
 ALLOWED: dict[State, frozenset[State]] = {
-    State.QUEUED: frozenset({State.RUNNING, State.PAUSED, State.HELD, State.CANCELLED}),
+    # queued → failed: refused before anything ran (the scene would not open, the cluster is short).
+    State.QUEUED: frozenset(
+        {State.RUNNING, State.PAUSED, State.HELD, State.CANCELLED, State.FAILED}
+    ),
     # running → queued is a retry: the attempt failed and the task waits for another slot.
     State.RUNNING: frozenset(
         {State.QUEUED, State.DONE, State.FAILED, State.CANCELLED, State.PAUSED, State.HELD}
@@ -44,35 +51,56 @@ class IllegalTransition(ValueError):
     """A state change the machine does not allow: a bug, never bad user input."""
 
 
-@dataclass
-class TaskRecord:
-    """A task's state and its attempts so far."""
+def _check(what: str, old: str, new: State) -> None:
+    if new not in ALLOWED[State(old)]:
+        raise IllegalTransition(f"{what}: {old} → {new} is not allowed")
 
-    key: str
-    state: State = State.QUEUED
-    attempts: int = 0
-    errors: list[str] = field(default_factory=list)
-    started: float | None = None
-    ended: float | None = None
 
-    def move(self, new: State) -> None:
-        """Change state, or raise :class:`IllegalTransition`; counts attempts on each start."""
-        if new not in ALLOWED[self.state]:
-            raise IllegalTransition(f"task {self.key}: {self.state} → {new} is not allowed")
-        now = time.time()
-        if new is State.RUNNING:
-            self.attempts += 1
-            self.started = now
-            self.ended = None
-        elif new.finished:
-            self.ended = now
-        self.state = new
+def move_job(db: Session, job: Job, new: State, message: str = "") -> None:
+    """Change a job's state and record it."""
+    _check(f"job {job.id}", job.state, new)
+    if new is State.RUNNING and job.started_at is None:
+        job.started_at = now()
+    if new.finished:
+        job.ended_at = now()
+    job.state = new.value
+    db.add(Event(job_id=job.id, kind=new.value, message=message))
+    db.commit()
 
-    def unstart(self) -> None:
-        """Back to queued, the attempt not counted: it was queued on a slot that died before
-        the task began, so it never ran."""
-        if self.state is not State.RUNNING:
-            raise IllegalTransition(f"task {self.key}: {self.state} has no attempt to take back")
-        self.state = State.QUEUED
-        self.attempts -= 1
-        self.started = None
+
+def move_task(
+    db: Session,
+    task: Task,
+    new: State,
+    *,
+    node: str = "",
+    error: str = "",
+    resources: dict[str, float] | None = None,
+) -> None:
+    """Change a task's state: starting opens an attempt, leaving *running* closes it."""
+    _check(f"task {task.job_id}/{task.key}", task.state, new)
+    if new is State.RUNNING:
+        task.attempts += 1
+        db.add(Attempt(task=task, number=task.attempts, node=node, resources=resources or {}))
+    elif task.state == State.RUNNING:
+        attempt = task.tries[-1]
+        attempt.ended_at = now()
+        attempt.status = "done" if new is State.DONE else "failed"
+        attempt.error = error
+        attempt.node = node or attempt.node
+    task.state = new.value
+    if new is not State.RUNNING and new is not State.DONE:
+        db.add(Event(job_id=task.job_id, task_id=task.id, kind=new.value, message=error[:2000]))
+    db.commit()
+
+
+def unstart(db: Session, task: Task) -> None:
+    """Back to queued with the attempt taken back: the task sat queued on a slot that died
+    before it began, so it never ran."""
+    if task.state != State.RUNNING:
+        raise IllegalTransition(f"task {task.job_id}/{task.key}: {task.state} has no attempt")
+    db.delete(task.tries[-1])
+    task.tries.pop()
+    task.attempts -= 1
+    task.state = State.QUEUED.value
+    db.commit()

@@ -64,6 +64,22 @@ class RenderSpec:
     allow_scripts: bool = False
     retries: int = 2
 
+    def as_json(self) -> dict[str, Any]:
+        """The spec as the store keeps it."""
+        return {
+            "scene": str(self.scene),
+            "frames": list(self.frames) if self.frames is not None else None,
+            "chunk": self.chunk,
+            "tiles": str(self.tiles),
+            "overscan": self.overscan,
+            "output": self.output.pattern,
+            "format": self.format,
+            "overrides": self.overrides,
+            "compression": self.compression,
+            "allow_scripts": self.allow_scripts,
+            "retries": self.retries,
+        }
+
 
 def _positive(name: str, value: int | None, minimum: int = 1) -> None:
     if value is not None and value < minimum:

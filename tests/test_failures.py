@@ -12,8 +12,10 @@ from pathlib import Path
 
 import psutil
 import pytest
+from sqlalchemy import select
 
 from farm.runner import Event, RenderRun, RunOptions
+from farm.store import Job, open_store, session
 from pipelines.render import RenderRequest, validate
 
 
@@ -28,10 +30,18 @@ def blenders_on(scene: Path) -> list[psutil.Process]:
     return found
 
 
-def run(blender: str, scene: Path, output: Path, on_event=None, stall: float = 60.0, **request):
+def run(
+    blender: str,
+    scene: Path,
+    output: Path,
+    on_event=None,
+    stall: float = 60.0,
+    store=None,
+    **request,
+):
     spec = validate(RenderRequest(scene=str(scene), output=str(output), **request))
     options = RunOptions(blender, slots=2, threads=1, stall_timeout=stall)
-    return RenderRun(spec, options, on_event).run()
+    return RenderRun(spec, options, on_event, store).run()
 
 
 class Recorder:
@@ -156,6 +166,7 @@ def test_a_frame_that_always_crashes_fails_after_its_retries(
         tiles="none",
         allow_scripts=True,
         retries=1,
+        store=f"sqlite:///{tmp_path / 'farm.db'}",
     )
     assert not summary.ok
     assert list(summary.failed) == [3]
@@ -163,6 +174,20 @@ def test_a_frame_that_always_crashes_fails_after_its_retries(
     assert sorted(summary.written) == [1, 2, 4]
     assert [e.key for e in recorder.events if e.kind == "retry"] == ["f3"]
     assert not (tmp_path / "f_0003.exr").exists()
+    # The store tells the same story, attempt by attempt.
+    db = session(open_store(f"sqlite:///{tmp_path / 'farm.db'}"))
+    job = db.scalars(select(Job)).one()
+    assert job.state == "failed" and job.owner
+    tasks = {t.key: t for t in job.tasks}
+    assert {k: (t.state, t.attempts) for k, t in tasks.items()} == {
+        "f1": ("done", 1),
+        "f2": ("done", 1),
+        "f3": ("failed", 2),
+        "f4": ("done", 1),
+    }
+    assert [a.status for a in tasks["f3"].tries] == ["failed", "failed"]
+    assert all("Blender exited with code 3" in a.error for a in tasks["f3"].tries)
+    assert all(t.tries[0].node and t.tries[0].ended_at for t in tasks.values())
 
 
 def test_a_killed_render_slot_is_replaced_and_its_blender_dies_with_it(

@@ -64,7 +64,9 @@ class RenderSlot:
             self.session.configure(self._device_settings())
         elif changed:
             self.session.configure(self._device_settings())
-        return self.session.info
+        import ray
+
+        return {**self.session.info, "node": ray.get_runtime_context().get_node_id()}
 
     def _device_settings(self) -> dict[str, Any]:
         """GPU devices render on GPUs only where Ray gave this slot some; else the CPU."""

@@ -1,0 +1,176 @@
+"""The farm's store: jobs, tasks, attempts, task logs and events in SQL.
+
+SQLAlchemy 2 over SQLite (WAL) by default, PostgreSQL by URL. The schema is versioned: a store
+opened by a newer farm is migrated forward in one transaction, one numbered step at a time, and a
+store written by a farm newer than this one is refused rather than misread.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, ClassVar
+
+from sqlalchemy import (
+    JSON,
+    Connection,
+    DateTime,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    create_engine,
+    event,
+    select,
+)
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship
+
+from farm.errors import FarmError
+
+
+def now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+class Base(DeclarativeBase):
+    type_annotation_map: ClassVar = {dict[str, Any]: JSON, dt.datetime: DateTime(timezone=True)}
+
+
+class SchemaVersion(Base):
+    __tablename__ = "schema_version"
+    version: Mapped[int] = mapped_column(primary_key=True)
+
+
+class Job(Base):
+    """One submission: a render, a comp, a training run."""
+
+    __tablename__ = "jobs"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    name: Mapped[str] = mapped_column(String(256))
+    owner: Mapped[str] = mapped_column(String(64), index=True)
+    state: Mapped[str] = mapped_column(String(16), index=True)
+    priority: Mapped[int] = mapped_column(Integer, default=50)
+    spec: Mapped[dict[str, Any]]
+    submitted_at: Mapped[dt.datetime] = mapped_column(default=now)
+    started_at: Mapped[dt.datetime | None]
+    ended_at: Mapped[dt.datetime | None]
+    tasks: Mapped[list[Task]] = relationship(back_populates="job", order_by="Task.id")
+
+
+class Task(Base):
+    """A frame, a chunk of frames or a tile of a job."""
+
+    __tablename__ = "tasks"
+    __table_args__ = (UniqueConstraint("job_id", "key"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id"), index=True)
+    key: Mapped[str] = mapped_column(String(64))
+    state: Mapped[str] = mapped_column(String(16), index=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    payload: Mapped[dict[str, Any]]
+    job: Mapped[Job] = relationship(back_populates="tasks")
+    tries: Mapped[list[Attempt]] = relationship(back_populates="task", order_by="Attempt.number")
+
+
+class Attempt(Base):
+    """One try of a task on one node."""
+
+    __tablename__ = "attempts"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    task_id: Mapped[int] = mapped_column(ForeignKey("tasks.id"), index=True)
+    number: Mapped[int] = mapped_column(Integer)
+    node: Mapped[str] = mapped_column(String(64), default="")
+    resources: Mapped[dict[str, Any]]
+    started_at: Mapped[dt.datetime] = mapped_column(default=now)
+    ended_at: Mapped[dt.datetime | None]
+    status: Mapped[str] = mapped_column(String(16), default="running")  # running|done|failed|lost
+    error: Mapped[str] = mapped_column(Text, default="")
+    task: Mapped[Task] = relationship(back_populates="tries")
+
+
+class TaskLog(Base):
+    """Log lines of an attempt (Blender's output on failure, a trainer's traceback)."""
+
+    __tablename__ = "task_logs"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    attempt_id: Mapped[int] = mapped_column(ForeignKey("attempts.id"), index=True)
+    text: Mapped[str] = mapped_column(Text)
+
+
+class Event(Base):
+    """What happened to a job, in order: submitted, state changes, frames written, retries."""
+
+    __tablename__ = "events"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id"), index=True)
+    task_id: Mapped[int | None] = mapped_column(ForeignKey("tasks.id"))
+    at: Mapped[dt.datetime] = mapped_column(default=now)
+    kind: Mapped[str] = mapped_column(String(32))
+    message: Mapped[str] = mapped_column(Text, default="")
+
+
+def _create_v1(connection: Connection) -> None:
+    Base.metadata.create_all(connection)
+
+
+# Step N brings a store from version N to N + 1. Append; never edit a released step.
+MIGRATIONS: list[Callable[[Connection], None]] = [_create_v1]
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def _sqlite_pragmas(connection: Any, _record: Any) -> None:
+    """WAL lets readers (the CLI, the API) read while the scheduler writes."""
+    cursor = connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA busy_timeout=10000")
+    cursor.close()
+
+
+def open_store(url: str) -> Engine:
+    """Open (creating or migrating) the store at ``url``: ``sqlite:///path`` or ``postgresql://…``."""
+    if url.startswith("sqlite:///"):
+        Path(url.removeprefix("sqlite:///")).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(url)
+    if engine.dialect.name == "sqlite":
+        event.listen(engine, "connect", _sqlite_pragmas)
+    migrate(engine)
+    return engine
+
+
+def store_version(engine: Engine) -> int:
+    """The schema version of the store (0: empty)."""
+    with engine.connect() as connection:
+        if not engine.dialect.has_table(connection, SchemaVersion.__tablename__):
+            return 0
+        return connection.execute(select(SchemaVersion.version)).scalar_one_or_none() or 0
+
+
+def migrate(engine: Engine) -> None:
+    """Bring the store to this farm's schema version, in one transaction."""
+    with engine.begin() as connection:
+        exists = engine.dialect.has_table(connection, SchemaVersion.__tablename__)
+        version = (
+            connection.execute(select(SchemaVersion.version)).scalar_one_or_none() or 0
+            if exists
+            else 0
+        )
+        if version > SCHEMA_VERSION:
+            raise FarmError(
+                f"the store is at schema version {version}, newer than this farm's "
+                f"{SCHEMA_VERSION}: upgrade the farm"
+            )
+        for step in MIGRATIONS[version:]:
+            step(connection)
+        if version != SCHEMA_VERSION:
+            connection.execute(SchemaVersion.__table__.delete())
+            connection.execute(SchemaVersion.__table__.insert().values(version=SCHEMA_VERSION))
+
+
+def session(engine: Engine) -> Session:
+    return Session(engine, expire_on_commit=False)

@@ -1,0 +1,96 @@
+"""The store: a versioned schema, and one state machine whose every transition is persisted."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from sqlalchemy import select, text
+
+from farm import states
+from farm.errors import FarmError
+from farm.states import ALLOWED, IllegalTransition, State
+from farm.store import (
+    SCHEMA_VERSION,
+    Attempt,
+    Job,
+    SchemaVersion,
+    Task,
+    open_store,
+    session,
+    store_version,
+)
+
+
+def new_job(db, key: str = "f1") -> tuple[Job, Task]:
+    job = Job(kind="render", name="shot.blend", owner="ana", state="queued", spec={"frames": [1]})
+    task = Task(job=job, key=key, state="queued", payload={"frames": [1], "tile": None})
+    db.add_all([job, task])
+    db.commit()
+    return job, task
+
+
+def test_a_new_store_is_created_at_the_current_version_in_wal_mode(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'farm' / 'farm.db'}"
+    engine = open_store(url)
+    assert store_version(engine) == SCHEMA_VERSION
+    with engine.connect() as connection:
+        assert connection.execute(text("PRAGMA journal_mode")).scalar() == "wal"
+    job, _ = new_job(session(engine))
+    reopened = session(open_store(url))  # opening again migrates nothing and loses nothing
+    assert reopened.get(Job, job.id).owner == "ana"
+
+
+def test_a_store_from_a_newer_farm_is_refused(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'farm.db'}"
+    engine = open_store(url)
+    with engine.begin() as connection:
+        connection.execute(SchemaVersion.__table__.update().values(version=SCHEMA_VERSION + 1))
+    with pytest.raises(FarmError, match="newer than this farm's"):
+        open_store(url)
+
+
+def test_attempts_open_and_close_with_the_task(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'farm.db'}"
+    db = session(open_store(url))
+    _, task = new_job(db)
+    states.move_task(db, task, State.RUNNING, resources={"CPU": 2})
+    states.move_task(db, task, State.QUEUED, node="n1", error="Blender exited with code -9")
+    states.move_task(db, task, State.RUNNING, resources={"CPU": 2})
+    states.unstart(db, task)  # queued behind a task on a slot that died: never ran
+    states.move_task(db, task, State.RUNNING, resources={"CPU": 2})
+    states.move_task(db, task, State.DONE, node="n2")
+
+    other = session(open_store(url))  # what another process reads
+    stored = other.get(Task, task.id)
+    assert stored.state == "done" and stored.attempts == 2
+    tries = other.scalars(
+        select(Attempt).where(Attempt.task_id == task.id).order_by(Attempt.number)
+    )
+    assert [(a.number, a.status, a.node, a.error) for a in tries] == [
+        (1, "failed", "n1", "Blender exited with code -9"),
+        (2, "done", "n2", ""),
+    ]
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.sampled_from(list(State)), max_size=12))
+def test_the_machine_allows_exactly_its_transitions_and_persists_each(
+    tmp_path_factory, moves
+) -> None:
+    url = f"sqlite:///{tmp_path_factory.mktemp('sm') / 'farm.db'}"
+    db, reader = session(open_store(url)), session(open_store(url))
+    _, task = new_job(db)
+    for new in moves:
+        old = State(task.state)
+        if new in ALLOWED[old]:
+            states.move_task(db, task, new)
+            reader.expire_all()
+            assert reader.get(Task, task.id).state == new.value
+        else:
+            with pytest.raises(IllegalTransition):
+                states.move_task(db, task, new)
+            db.rollback()
+            assert task.state == old.value
