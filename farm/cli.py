@@ -9,12 +9,17 @@ from pathlib import Path
 from typing import Any
 
 import click
+from rich.console import Console
+from rich.table import Table
+from sqlalchemy.orm import Session
 
 from farm import __version__
 from farm.config import SlotLayout, farm_home, find_blender
 from farm.display import JobDisplay
 from farm.errors import FarmError, RenderFailed
+from farm.jobs import job_status, list_jobs
 from farm.runner import RenderRun, RunOptions, RunSummary
+from farm.store import open_store, session
 from pipelines.render import RenderRequest, validate
 
 EXAMPLE_BUILDER = Path(__file__).resolve().parent.parent / "examples" / "build_shot.py"
@@ -185,6 +190,58 @@ def demo(scene_out: str | None, **kwargs: Any) -> None:
     if kwargs["output"] is None:
         kwargs["output"] = "renders/demo/shot_####.png"
     _render(str(scene), kwargs)
+
+
+def _local_store() -> Session | None:
+    """The embedded farm's store; None where no job has run yet (nothing is created to read)."""
+    path = farm_home() / "farm.db"
+    return session(open_store(f"sqlite:///{path.absolute()}")) if path.exists() else None
+
+
+@cli.command()
+@click.option("--limit", type=click.IntRange(1, 10_000), default=50, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the jobs as a JSON list.")
+def jobs(limit: int, as_json: bool) -> None:
+    """List the newest jobs, with their tasks by state."""
+    db = _local_store()
+    rows = list_jobs(db, limit) if db else []
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    table = Table("id", "kind", "name", "owner", "state", "tasks done", "submitted")
+    colours = {"done": "green", "failed": "red", "running": "cyan", "cancelled": "yellow"}
+    for row in rows:
+        total = sum(row["tasks"].values())
+        state = f"[{colours.get(row['state'], 'white')}]{row['state']}[/]"
+        table.add_row(
+            str(row["id"]),
+            row["kind"],
+            row["name"],
+            row["owner"],
+            state,
+            f"{row['tasks']['done']}/{total}",
+            (row["submitted_at"] or "")[:19].replace("T", " "),
+        )
+    Console().print(table if rows else "no jobs yet")
+
+
+@cli.command()
+@click.argument("job", type=int)
+@click.option("--json", "as_json", is_flag=True, help="Print the status as a JSON object.")
+def status(job: int, as_json: bool) -> None:
+    """Show JOB's state and its tasks by state."""
+    db = _local_store()
+    if db is None:
+        raise FarmError(f"no job {job}")
+    info = job_status(db, job)
+    if as_json:
+        click.echo(json.dumps(info, indent=2))
+        return
+    counts = ", ".join(f"{n} {state}" for state, n in info["tasks"].items() if n)
+    Console().print(
+        f"job {info['id']} ({info['kind']} {info['name']}, {info['owner']}): "
+        f"[bold]{info['state']}[/]; tasks: {counts or 'none'}"
+    )
 
 
 def main() -> None:

@@ -66,6 +66,7 @@ class RunOptions:
 class RunSummary:
     """Everything ``farm render --json`` prints."""
 
+    job: int | None = None  # the job's id in the store
     frames: list[int] = field(default_factory=list)
     written: dict[int, str] = field(default_factory=dict)
     failed: dict[int, str] = field(default_factory=dict)
@@ -87,6 +88,7 @@ class RunSummary:
 
     def as_json(self) -> dict[str, Any]:
         return {
+            "id": self.job,
             "state": State.DONE.value if self.ok else State.FAILED.value,
             "frames": len(self.frames),
             "written": len(self.written),
@@ -189,6 +191,7 @@ class RenderRun:
             self.db = session(open_store(self.store_url))
             self.db.add(self.job)
             self.db.commit()
+            self.summary.job = self.job.id
             self.summary.frames = list(plan.frames)
             self.summary.width, self.summary.height = plan.width, plan.height
             self.on_event(Event("planned", plan=plan))

@@ -23,6 +23,14 @@ def farm(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None)
     )
 
 
+@pytest.fixture(autouse=True)
+def farm_home(tmp_path_factory, monkeypatch) -> Path:
+    """Every command's store lives in a folder of the test's own, never in the repository."""
+    home = tmp_path_factory.mktemp("farm-home")
+    monkeypatch.setenv("FARM_HOME", str(home))
+    return home
+
+
 def test_help_names_the_commands_and_options() -> None:
     top = farm("--help")
     assert top.returncode == 0 and "render" in top.stdout and "demo" in top.stdout
@@ -81,6 +89,14 @@ def test_bad_input_is_one_line_exit_2_and_nothing_written(scene, tmp_path, args,
     assert message in lines[0]
     assert not out.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["blocker", "notes.blend"]
+    assert not (Path(os.environ["FARM_HOME"]) / "farm.db").exists()  # a refusal records no job
+
+
+def test_jobs_and_status_before_any_job() -> None:
+    assert farm("jobs").stdout.strip() == "no jobs yet"
+    assert json.loads(farm("jobs", "--json").stdout) == []
+    missing = farm("status", "1")
+    assert missing.returncode == 2 and missing.stderr.strip() == "error: no job 1"
 
 
 def test_blender_not_found(scene, tmp_path) -> None:
@@ -126,3 +142,13 @@ def test_render_prints_a_json_summary_and_exits_0(scene, tmp_path) -> None:
     assert written.spec().get_string_attribute("compression") == "piz"
     written.close()
     assert "4 of 4 frames written" in result.stderr
+
+    # The job is in the embedded farm's store, for `farm jobs` and `farm status`.
+    listed = json.loads(farm("jobs", "--json").stdout)
+    assert [(j["id"], j["state"], j["tasks"]["done"]) for j in listed] == [
+        (summary["id"], "done", 16)
+    ]
+    status = json.loads(farm("status", str(summary["id"]), "--json").stdout)
+    assert status["state"] == "done" and sum(status["tasks"].values()) == 16
+    missing = farm("status", "999")
+    assert missing.returncode == 2 and missing.stderr.strip() == "error: no job 999"

@@ -1,0 +1,60 @@
+"""Read-only views of jobs for the CLI (and, later, the API): lists and per-job status."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from farm.errors import FarmError
+from farm.states import State
+from farm.store import Job, Task
+
+
+def _iso(moment: dt.datetime | None) -> str | None:
+    return moment.isoformat(timespec="seconds") if moment else None
+
+
+def task_counts(db: Session, job_ids: list[int]) -> dict[int, dict[str, int]]:
+    """Tasks by state for each job, every state present (zeros included)."""
+    counts = {job_id: dict.fromkeys(State, 0) for job_id in job_ids}
+    rows = db.execute(
+        select(Task.job_id, Task.state, func.count())
+        .where(Task.job_id.in_(job_ids))
+        .group_by(Task.job_id, Task.state)
+    )
+    for job_id, state, count in rows:
+        counts[job_id][State(state)] = count
+    return {job_id: {s.value: n for s, n in c.items()} for job_id, c in counts.items()}
+
+
+def status(job: Job, counts: dict[str, int]) -> dict[str, Any]:
+    """What ``farm status JOB --json`` prints: the job's state and its tasks by state."""
+    return {
+        "id": job.id,
+        "kind": job.kind,
+        "name": job.name,
+        "owner": job.owner,
+        "state": job.state,
+        "priority": job.priority,
+        "tasks": counts,
+        "submitted_at": _iso(job.submitted_at),
+        "started_at": _iso(job.started_at),
+        "ended_at": _iso(job.ended_at),
+    }
+
+
+def list_jobs(db: Session, limit: int = 50) -> list[dict[str, Any]]:
+    """The newest jobs first."""
+    jobs = list(db.scalars(select(Job).order_by(Job.id.desc()).limit(limit)))
+    counts = task_counts(db, [job.id for job in jobs])
+    return [status(job, counts[job.id]) for job in jobs]
+
+
+def job_status(db: Session, job_id: int) -> dict[str, Any]:
+    job = db.get(Job, job_id)
+    if job is None:
+        raise FarmError(f"no job {job_id}")
+    return status(job, task_counts(db, [job_id])[job_id])
