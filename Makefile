@@ -22,6 +22,7 @@ lint: setup
 	$(BIN)/ruff format --check .
 
 test: lint
+	@scripts/ensure-postgres
 	$(BIN)/python -m pytest
 
 bench: setup

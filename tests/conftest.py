@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import gc
+import os
+import shutil
 import subprocess
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -10,6 +14,7 @@ import numpy as np
 import OpenImageIO as oiio
 import pytest
 import ray
+import sqlalchemy
 
 from farm.config import find_blender
 from farm.runner import ensure_ray
@@ -89,3 +94,49 @@ def pixels(path: Path) -> np.ndarray:
     data = image.read_image(0, 0, 0, spec.nchannels, spec.format)
     image.close()
     return data
+
+
+def _pg_bin(name: str) -> str:
+    found = sorted(Path("/usr/lib/postgresql").glob(f"*/bin/{name}"))
+    if found:
+        return str(found[-1])
+    path = shutil.which(name)
+    assert path, f"PostgreSQL's {name} not found: make setup installs Debian's postgresql"
+    return path
+
+
+@pytest.fixture(scope="session")
+def postgres_url():
+    """A real, throwaway PostgreSQL server on a Unix socket in a temp folder (no TCP port)."""
+    # Not under pytest's temp root: that is private to root, and the server runs as postgres.
+    folder = Path(tempfile.mkdtemp(prefix="farm-pg-"))
+    data = folder / "data"
+    as_user: list[str] = []
+    if os.geteuid() == 0:  # PostgreSQL refuses to run as root: use its own account
+        shutil.chown(folder, "postgres")
+        as_user = ["runuser", "-u", "postgres", "--"]
+
+    def pg(tool: str, *args: str, check: bool = True) -> None:
+        subprocess.run([*as_user, _pg_bin(tool), *args], check=check, capture_output=True)
+
+    pg("initdb", "-D", str(data), "-A", "trust", "-U", "farm")
+    options = f"-k {folder} -c listen_addresses='' -c fsync=off"
+    pg("pg_ctl", "-D", str(data), "-o", options, "-w", "-l", str(folder / "log"), "start")
+    pg("createdb", "-h", str(folder), "-U", "farm", "farm")
+    yield f"postgresql+psycopg://farm@/farm?host={folder}"
+    gc.collect()  # close the tests' pooled connections while the server still answers
+    pg("pg_ctl", "-D", str(data), "-m", "immediate", "stop", check=False)
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Each store test runs on SQLite and on a real PostgreSQL server."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'farm.db'}"
+    url = request.getfixturevalue("postgres_url")
+    engine = sqlalchemy.create_engine(url)
+    with engine.begin() as connection:  # a clean database for every test
+        connection.execute(sqlalchemy.text("DROP SCHEMA public CASCADE; CREATE SCHEMA public"))
+    engine.dispose()
+    return url

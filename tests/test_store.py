@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import select, text
 
@@ -32,19 +32,23 @@ def new_job(db, key: str = "f1") -> tuple[Job, Task]:
     return job, task
 
 
-def test_a_new_store_is_created_at_the_current_version_in_wal_mode(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'farm' / 'farm.db'}"
-    engine = open_store(url)
+def test_a_new_store_is_created_at_the_current_version(store_url: str) -> None:
+    engine = open_store(store_url)
     assert store_version(engine) == SCHEMA_VERSION
+    job, _ = new_job(session(engine))
+    reopened = session(open_store(store_url))  # opening again migrates nothing and loses nothing
+    assert reopened.get(Job, job.id).owner == "ana"
+    assert store_version(engine) == SCHEMA_VERSION
+
+
+def test_sqlite_stores_use_wal(tmp_path: Path) -> None:
+    engine = open_store(f"sqlite:///{tmp_path / 'new-folder' / 'farm.db'}")
     with engine.connect() as connection:
         assert connection.execute(text("PRAGMA journal_mode")).scalar() == "wal"
-    job, _ = new_job(session(engine))
-    reopened = session(open_store(url))  # opening again migrates nothing and loses nothing
-    assert reopened.get(Job, job.id).owner == "ana"
 
 
-def test_a_store_from_a_newer_farm_is_refused(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'farm.db'}"
+def test_a_store_from_a_newer_farm_is_refused(store_url: str) -> None:
+    url = store_url
     engine = open_store(url)
     with engine.begin() as connection:
         connection.execute(SchemaVersion.__table__.update().values(version=SCHEMA_VERSION + 1))
@@ -52,8 +56,8 @@ def test_a_store_from_a_newer_farm_is_refused(tmp_path: Path) -> None:
         open_store(url)
 
 
-def test_attempts_open_and_close_with_the_task(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'farm.db'}"
+def test_attempts_open_and_close_with_the_task(store_url: str) -> None:
+    url = store_url
     db = session(open_store(url))
     _, task = new_job(db)
     states.move_task(db, task, State.RUNNING, resources={"CPU": 2})
@@ -75,13 +79,12 @@ def test_attempts_open_and_close_with_the_task(tmp_path: Path) -> None:
     ]
 
 
-@settings(max_examples=40, deadline=None)
+@settings(
+    max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(st.lists(st.sampled_from(list(State)), max_size=12))
-def test_the_machine_allows_exactly_its_transitions_and_persists_each(
-    tmp_path_factory, moves
-) -> None:
-    url = f"sqlite:///{tmp_path_factory.mktemp('sm') / 'farm.db'}"
-    db, reader = session(open_store(url)), session(open_store(url))
+def test_the_machine_allows_exactly_its_transitions_and_persists_each(store_url, moves) -> None:
+    db, reader = session(open_store(store_url)), session(open_store(store_url))
     _, task = new_job(db)
     for new in moves:
         old = State(task.state)
