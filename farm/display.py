@@ -91,7 +91,7 @@ class JobDisplay:
         )
         where = folders[0] if len(folders) == 1 else f"{len(folders)} folders"
         self.console.print(
-            f"[green]{count} of {len(summary.frames)} frames written[/] to {where} in "
+            f"job {summary.job}: [green]{count} of {len(summary.frames)} frames written[/] to {where} in "
             f"{summary.seconds:.1f} s ({rate:.2f} s/frame; {_count(summary.slots, 'slot')} × "
             f"{_count(summary.threads, 'thread')}; {_count(summary.retries, 'retry', 'retries')})"
         )

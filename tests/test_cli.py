@@ -141,7 +141,7 @@ def test_render_prints_a_json_summary_and_exits_0(scene, tmp_path) -> None:
     written = oiio.ImageInput.open(summary["paths"][0])
     assert written.spec().get_string_attribute("compression") == "piz"
     written.close()
-    assert "4 of 4 frames written" in result.stderr
+    assert f"job {summary['id']}: 4 of 4 frames written" in result.stderr
 
     # The job is in the embedded farm's store, for `farm jobs` and `farm status`.
     listed = json.loads(farm("jobs", "--json").stdout)
