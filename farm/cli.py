@@ -17,7 +17,7 @@ from farm import __version__
 from farm.config import SlotLayout, farm_home, find_blender
 from farm.display import JobDisplay
 from farm.errors import FarmError, RenderFailed
-from farm.jobs import job_status, list_jobs
+from farm.jobs import job_logs, job_status, list_jobs
 from farm.runner import RenderRun, RunOptions, RunSummary
 from farm.store import open_store, session
 from pipelines.render import RenderRequest, validate
@@ -242,6 +242,30 @@ def status(job: int, as_json: bool) -> None:
         f"job {info['id']} ({info['kind']} {info['name']}, {info['owner']}): "
         f"[bold]{info['state']}[/]; tasks: {counts or 'none'}"
     )
+
+
+@cli.command()
+@click.argument("job", type=int)
+@click.option("--task", "task_key", help="Only this task, e.g. f12 or f12.t3.")
+@click.option("--json", "as_json", is_flag=True, help="Print the attempts as a JSON list.")
+def logs(job: int, task_key: str | None, as_json: bool) -> None:
+    """Show every attempt of JOB's tasks: where it ran, how it ended, and Blender's last lines."""
+    db = _local_store()
+    if db is None:
+        raise FarmError(f"no job {job}")
+    attempts = job_logs(db, job, task_key)
+    if as_json:
+        click.echo(json.dumps(attempts, indent=2))
+        return
+    console = Console()
+    for attempt in attempts:
+        colour = {"done": "green", "failed": "red"}.get(attempt["status"], "white")
+        console.print(
+            f"[bold]{attempt['task']}[/] attempt {attempt['attempt']} on node "
+            f"{attempt['node'][:12] or '?'}: [{colour}]{attempt['status']}[/]"
+        )
+        if attempt["log"]:
+            console.print(attempt["log"], markup=False, highlight=False)
 
 
 def main() -> None:

@@ -58,3 +58,27 @@ def job_status(db: Session, job_id: int) -> dict[str, Any]:
     if job is None:
         raise FarmError(f"no job {job_id}")
     return status(job, task_counts(db, [job_id])[job_id])
+
+
+def job_logs(db: Session, job_id: int, task_key: str | None = None) -> list[dict[str, Any]]:
+    """Every attempt of the job's tasks (or of one task), with its outcome and log."""
+    job = db.get(Job, job_id)
+    if job is None:
+        raise FarmError(f"no job {job_id}")
+    tasks = [t for t in job.tasks if task_key is None or t.key == task_key]
+    if task_key is not None and not tasks:
+        raise FarmError(f"job {job_id} has no task {task_key!r}")
+    return [
+        {
+            "task": task.key,
+            "attempt": attempt.number,
+            "node": attempt.node,
+            "status": attempt.status,
+            "started_at": _iso(attempt.started_at),
+            "ended_at": _iso(attempt.ended_at),
+            "error": attempt.error,
+            "log": "\n".join(log.text for log in attempt.logs),
+        }
+        for task in tasks
+        for attempt in task.tries
+    ]

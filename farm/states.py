@@ -13,7 +13,7 @@ import enum
 
 from sqlalchemy.orm import Session
 
-from farm.store import Attempt, Event, Job, Task, now
+from farm.store import Attempt, Event, Job, Task, TaskLog, now
 
 
 class State(enum.StrEnum):
@@ -86,11 +86,14 @@ def move_task(
         attempt = task.tries[-1]
         attempt.ended_at = now()
         attempt.status = "done" if new is State.DONE else "failed"
-        attempt.error = error
+        attempt.error = error.splitlines()[0] if error else ""
         attempt.node = node or attempt.node
+        if error:  # the whole story (Blender's last lines) for `farm logs`
+            db.add(TaskLog(attempt=attempt, text=error))
     task.state = new.value
     if new is not State.RUNNING and new is not State.DONE:
-        db.add(Event(job_id=task.job_id, task_id=task.id, kind=new.value, message=error[:2000]))
+        message = error.splitlines()[0] if error else ""
+        db.add(Event(job_id=task.job_id, task_id=task.id, kind=new.value, message=message))
     db.commit()
 
 

@@ -90,6 +90,7 @@ class Attempt(Base):
     status: Mapped[str] = mapped_column(String(16), default="running")  # running|done|failed|lost
     error: Mapped[str] = mapped_column(Text, default="")
     task: Mapped[Task] = relationship(back_populates="tries")
+    logs: Mapped[list[TaskLog]] = relationship(back_populates="attempt", order_by="TaskLog.id")
 
 
 class TaskLog(Base):
@@ -99,6 +100,7 @@ class TaskLog(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     attempt_id: Mapped[int] = mapped_column(ForeignKey("attempts.id"), index=True)
     text: Mapped[str] = mapped_column(Text)
+    attempt: Mapped[Attempt] = relationship(back_populates="logs")
 
 
 class Event(Base):

@@ -150,5 +150,11 @@ def test_render_prints_a_json_summary_and_exits_0(scene, tmp_path) -> None:
     ]
     status = json.loads(farm("status", str(summary["id"]), "--json").stdout)
     assert status["state"] == "done" and sum(status["tasks"].values()) == 16
+    attempts = json.loads(farm("logs", str(summary["id"]), "--json").stdout)
+    assert len(attempts) == 16 and {a["status"] for a in attempts} == {"done"}
+    one = json.loads(farm("logs", str(summary["id"]), "--task", "f1.t0", "--json").stdout)
+    assert [(a["task"], a["attempt"], a["log"]) for a in one] == [("f1.t0", 1, "")]
+    unknown = farm("logs", str(summary["id"]), "--task", "f99")
+    assert unknown.returncode == 2 and "has no task 'f99'" in unknown.stderr
     missing = farm("status", "999")
     assert missing.returncode == 2 and missing.stderr.strip() == "error: no job 999"

@@ -14,6 +14,7 @@ import psutil
 import pytest
 from sqlalchemy import select
 
+from farm.jobs import job_logs
 from farm.runner import Event, RenderRun, RunOptions
 from farm.store import Job, open_store, session
 from pipelines.render import RenderRequest, validate
@@ -188,6 +189,9 @@ def test_a_frame_that_always_crashes_fails_after_its_retries(
     assert [a.status for a in tasks["f3"].tries] == ["failed", "failed"]
     assert all("Blender exited with code 3" in a.error for a in tasks["f3"].tries)
     assert all(t.tries[0].node and t.tries[0].ended_at for t in tasks.values())
+    logs = job_logs(db, job.id, "f3")  # what `farm logs JOB --task f3` shows
+    assert [(a["attempt"], a["status"]) for a in logs] == [(1, "failed"), (2, "failed")]
+    assert all("last lines:" in a["log"] and "Fra:" in a["log"] for a in logs)
 
 
 def test_a_killed_render_slot_is_replaced_and_its_blender_dies_with_it(
