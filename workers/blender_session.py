@@ -65,10 +65,6 @@ class BlenderSession:
         self._on_line: Callable[[str], None] | None = None
 
     @property
-    def pid(self) -> int | None:
-        return self._process.pid if self._process else None
-
-    @property
     def alive(self) -> bool:
         return self._process is not None and self._process.poll() is None
 

@@ -77,9 +77,6 @@ class RenderSlot:
             settings["device"] = "CPU"
         return settings
 
-    def blender_pid(self) -> int | None:
-        return self.session.pid
-
     def render(self, task: RenderTask) -> TaskResult:
         import ray
 
