@@ -49,6 +49,7 @@ def scene(make_scene) -> Path:
     [
         (["missing.blend"], "scene file missing.blend does not exist"),
         (["{notblend}"], "is not a Blender .blend file"),
+        (["{corrupt}"], "Blender could not open"),
         (["{scene}", "--frames", ""], "--frames is empty"),
         (["{scene}", "--frames", "10-1"], "runs backwards"),
         (["{scene}", "--frames", "one-two"], "cannot read"),
@@ -68,10 +69,18 @@ def scene(make_scene) -> Path:
 def test_bad_input_is_one_line_exit_2_and_nothing_written(scene, tmp_path, args, message) -> None:
     notblend = tmp_path / "notes.blend"
     notblend.write_text("not a scene")
+    corrupt = tmp_path / "notes.blend1"  # a .blend's header, then nothing Blender can read
+    corrupt.write_bytes(b"BLENDER-v304" + bytes(300))
     blocker = tmp_path / "blocker"
     blocker.write_text("")
     out = tmp_path / "out"
-    values = {"scene": scene, "notblend": notblend, "out": out, "blocker": blocker}
+    values = {
+        "scene": scene,
+        "notblend": notblend,
+        "corrupt": corrupt,
+        "out": out,
+        "blocker": blocker,
+    }
     result = (
         farm(
             "render",
@@ -88,7 +97,7 @@ def test_bad_input_is_one_line_exit_2_and_nothing_written(scene, tmp_path, args,
     assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
     assert message in lines[0]
     assert not out.exists()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["blocker", "notes.blend"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["blocker", "notes.blend", "notes.blend1"]
     assert not (Path(os.environ["FARM_HOME"]) / "farm.db").exists()  # a refusal records no job
 
 
