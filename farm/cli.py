@@ -189,7 +189,13 @@ def demo(scene_out: str | None, **kwargs: Any) -> None:
         kwargs["tiles"] = "2x2"  # the demo shows the tiling core at work
     if kwargs["output"] is None:
         kwargs["output"] = "renders/demo/shot_####.png"
+    as_json = kwargs["as_json"]
     _render(str(scene), kwargs)
+    if not as_json:
+        first = Path(kwargs["output"].replace("####", "0001")).parent
+        click.echo(
+            f"look at the frames in {first}/, then try: farm jobs; farm render --help", err=True
+        )
 
 
 def _local_store() -> Session | None:
