@@ -192,9 +192,9 @@ def demo(scene_out: str | None, **kwargs: Any) -> None:
     as_json = kwargs["as_json"]
     _render(str(scene), kwargs)
     if not as_json:
-        first = Path(kwargs["output"].replace("####", "0001")).parent
+        folder = Path(kwargs["output"]).parent
         click.echo(
-            f"look at the frames in {first}/, then try: farm jobs; farm render --help", err=True
+            f"look at the frames in {folder}/, then try: farm jobs; farm render --help", err=True
         )
 
 
