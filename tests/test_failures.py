@@ -101,14 +101,14 @@ def test_a_blender_that_prints_nothing_is_killed_and_the_tile_retried(
     recorder = Recorder("done", freeze_one)
     started = time.monotonic()
     summary = run(
-        blender, scene, tmp_path / "f_####.exr", recorder, stall=2.0, frames="1-6", tiles="2x1"
+        blender, scene, tmp_path / "f_####.exr", recorder, stall=3.0, frames="1-6", tiles="2x1"
     )
     assert stopped
     assert not psutil.pid_exists(stopped[0]) or psutil.Process(stopped[0]).status() == "zombie"
     assert summary.ok and summary.retries == 1
     assert recorder.written() == Counter({f: 1 for f in range(1, 7)})
     retry = next(e for e in recorder.events if e.kind == "retry")
-    assert "printed nothing for 2 s" in retry.message
+    assert "printed nothing for 3 s" in retry.message
     assert time.monotonic() - started < 60
 
 
