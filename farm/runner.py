@@ -156,6 +156,12 @@ class RenderRun:
         self._started = 0.0
         self._nodes: list[str] = []  # the Ray node of each slot
 
+    @property
+    def _store(self) -> Session:
+        """The job's store session, open from planning on."""
+        assert self.db is not None, "the job is stored once it is planned"
+        return self.db
+
     def _add_task(self, task: RenderTask) -> Task:
         row = Task(
             job=self.job,
@@ -163,7 +169,7 @@ class RenderRun:
             state=State.QUEUED.value,
             payload={"frames": list(task.frames), "tile": task.tile},
         )
-        self.db.add(row)
+        self._store.add(row)
         return row
 
     def _new_slot(self, settings: dict[str, Any]) -> Any:
@@ -189,8 +195,8 @@ class RenderRun:
             slots = [self._new_slot(self.spec.overrides) for _ in range(self.options.slots)]
             plan = self._open(slots)
             self.db = session(open_store(self.store_url))
-            self.db.add(self.job)
-            self.db.commit()
+            self._store.add(self.job)
+            self._store.commit()
             self.summary.job = self.job.id
             self.summary.frames = list(plan.frames)
             self.summary.width, self.summary.height = plan.width, plan.height
@@ -200,7 +206,7 @@ class RenderRun:
             self._close(slots, graceful=False)  # Ctrl-C or an error: no waiting on busy slots
             if self.db is not None:
                 ended = State.CANCELLED if isinstance(error, KeyboardInterrupt) else State.FAILED
-                states.move_job(self.db, self.job, ended, message=_one_line(error))
+                states.move_job(self._store, self.job, ended, message=_one_line(error))
             raise
         self._close(slots, graceful=True)
         self.summary.seconds = time.monotonic() - self._started
@@ -258,7 +264,7 @@ class RenderRun:
         spec, summary = self.spec, self.summary
         pending = self._initial_tasks(plan)
         records = {task.key: self._add_task(task) for task in pending}
-        self.db.commit()
+        self._store.commit()
         assemblies: dict[int, FrameAssembly] = {}
         if spec.tiles.kind in ("grid", "size"):
             tile_plan = plan.tile_plan()
@@ -287,18 +293,20 @@ class RenderRun:
                             tile_plan = plan.tile_plan(count)
                             assemblies[task.frames[0]] = FrameAssembly(tile_plan, self._pool)
                             tiles = plan.tile_tasks(task.frames[0], tile_plan)
-                            self.db.delete(records.pop(task.key))  # it never ran: tiles replace it
+                            self._store.delete(
+                                records.pop(task.key)
+                            )  # it never ran: tiles replace it
                             records.update((t.key, self._add_task(t)) for t in tiles)
-                            self.db.commit()
+                            self._store.commit()
                             pending.extendleft(reversed(tiles))
                             summary.tiled_frames += 1
                             continue
                     index = load.index(min(load))
                     load[index] += 1
                     if self.job.state == State.QUEUED:
-                        states.move_job(self.db, self.job, State.RUNNING)
+                        states.move_job(self._store, self.job, State.RUNNING)
                     states.move_task(
-                        self.db,
+                        self._store,
                         records[task.key],
                         State.RUNNING,
                         node=self._nodes[index],
@@ -326,7 +334,9 @@ class RenderRun:
                         if seq != died_running.setdefault(
                             actor, min([seq, *(s for _, _, a, s in running.values() if a == actor)])
                         ):
-                            states.unstart(self.db, record)  # it was queued behind the running task
+                            states.unstart(
+                                self._store, record
+                            )  # it was queued behind the running task
                             pending.appendleft(task)
                             continue
                         self._failed(task, record, _one_line(error), pending)
@@ -335,7 +345,7 @@ class RenderRun:
                         self._failed(task, record, _one_line(error), pending)
                         continue
                     self._nodes[index] = result.node
-                    states.move_task(self.db, record, State.DONE, node=result.node)
+                    states.move_task(self._store, record, State.DONE, node=result.node)
                     self.on_event(Event("done", task.key, task.frames[0]))
                     for output in result.outputs:
                         summary.render_seconds += output.seconds
@@ -347,7 +357,7 @@ class RenderRun:
         summary.tasks = len(records)
         summary.attempts = sum(r.attempts for r in records.values())
         summary.retries = summary.attempts - summary.tasks
-        states.move_job(self.db, self.job, State.DONE if summary.ok else State.FAILED)
+        states.move_job(self._store, self.job, State.DONE if summary.ok else State.FAILED)
 
     def _wait(self, running: dict[ray.ObjectRef, Any], writes: dict[Future[None], Any]) -> list:
         """Block until a task finishes (or a progress tick passes); return every finished task."""
@@ -406,11 +416,11 @@ class RenderRun:
     ) -> None:
         """Retry the task on the next free slot, or give its frames up once retries are spent."""
         if record.attempts <= self.spec.retries:
-            states.move_task(self.db, record, State.QUEUED, error=reason)
+            states.move_task(self._store, record, State.QUEUED, error=reason)
             pending.appendleft(task)
             self.on_event(Event("retry", task.key, task.frames[0], message=reason))
             return
-        states.move_task(self.db, record, State.FAILED, error=reason)
+        states.move_task(self._store, record, State.FAILED, error=reason)
         for frame in task.frames:
             self.summary.failed[frame] = reason.splitlines()[0]
         self.on_event(Event("failed", task.key, task.frames[0], message=reason))
