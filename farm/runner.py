@@ -25,6 +25,7 @@ from sqlalchemy.orm import Session
 from farm import states
 from farm.errors import FarmError
 from farm.states import State
+from farm.store import Event as StoreEvent
 from farm.store import Job, Task, open_store, session
 from farm.tiling.assemble import BufferPool, FrameAssembly
 from farm.tiling.imagefile import Pixels, write_bytes, write_frame
@@ -404,8 +405,13 @@ class RenderRun:
                 self.summary.failed[frame] = f"could not write {plan.output(frame)}: {error}"
                 self.on_event(Event("failed", frame=frame, message=self.summary.failed[frame]))
                 continue
-            self.summary.written[frame] = str(plan.output(frame))
-            self.on_event(Event("written", frame=frame, message=str(plan.output(frame))))
+            path = str(plan.output(frame))
+            self._store.add(
+                StoreEvent(job_id=self.job.id, kind="written", frame=frame, message=path)
+            )
+            self._store.commit()
+            self.summary.written[frame] = path
+            self.on_event(Event("written", frame=frame, message=path))
 
     def _failed(
         self,

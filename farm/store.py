@@ -112,6 +112,7 @@ class Event(Base):
     task_id: Mapped[int | None] = mapped_column(ForeignKey("tasks.id"))
     at: Mapped[dt.datetime] = mapped_column(default=now)
     kind: Mapped[str] = mapped_column(String(32))
+    frame: Mapped[int | None]  # for "written": the frame now on disk (what a restart skips)
     message: Mapped[str] = mapped_column(Text, default="")
 
 
@@ -119,7 +120,9 @@ def _create_v1(connection: Connection) -> None:
     Base.metadata.create_all(connection)
 
 
-# Step N brings a store from version N to N + 1. Append; never edit a released step.
+# Step N brings a store from version N to N + 1. Append; never edit a released step. Step 1 builds
+# the tables from the models; the first change to a model must also freeze step 1 as the DDL of
+# version 1, so that a later step's ALTER finds the tables as version 1 left them.
 MIGRATIONS: list[Callable[[Connection], None]] = [_create_v1]
 SCHEMA_VERSION = len(MIGRATIONS)
 

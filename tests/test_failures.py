@@ -16,6 +16,7 @@ from sqlalchemy import select
 
 from farm.jobs import job_logs
 from farm.runner import Event, RenderRun, RunOptions
+from farm.store import Event as StoreEvent
 from farm.store import Job, open_store, session
 from pipelines.render import RenderRequest, validate
 
@@ -189,6 +190,8 @@ def test_a_frame_that_always_crashes_fails_after_its_retries(
     assert [a.status for a in tasks["f3"].tries] == ["failed", "failed"]
     assert all("Blender exited with code 3" in a.error for a in tasks["f3"].tries)
     assert all(t.tries[0].node and t.tries[0].ended_at for t in tasks.values())
+    written = db.scalars(select(StoreEvent.frame).where(StoreEvent.kind == "written"))
+    assert sorted(written) == [1, 2, 4]  # what is on disk, for a restart to skip
     logs = job_logs(db, job.id, "f3")  # what `farm logs JOB --task f3` shows
     assert [(a["attempt"], a["status"]) for a in logs] == [(1, "failed"), (2, "failed")]
     assert all("last lines:" in a["log"] and "Fra:" in a["log"] for a in logs)
