@@ -274,6 +274,10 @@ class RenderRun:
         if plan.settings.get("device", "CPU") != "CPU":
             resources["GPU"] = 1
         load = [0] * len(slots)  # tasks queued on each slot
+        # Replacement slots get work only once Ray has placed them and Blender is open: a node
+        # gone with no room elsewhere must not strand tasks on a slot that never starts.
+        opening: dict[ray.ObjectRef, int] = {}
+        dropped: dict[int, str] = {}  # slots that could not start again, and why
         running: dict[ray.ObjectRef, tuple[RenderTask, int, Any, int]] = {}
         sequence = itertools.count()  # dispatch order: a slot runs its tasks in this order
         died_running: dict[Any, int] = {}  # dead slot → the task it was running when it died
@@ -282,13 +286,13 @@ class RenderRun:
 
         with ThreadPoolExecutor(max_workers=2, thread_name_prefix="farm-write") as writer:
             while pending or running or writes:
-                while pending and min(load) < SLOT_DEPTH:
+                while pending and (usable := self._usable(load, opening, dropped)):
                     task = pending.popleft()
                     if task.tile is None:
                         whole_frames_waiting -= 1
                         count = 1
                         if spec.tiles.kind == "auto" and len(task.frames) == 1:
-                            free = load.count(0)
+                            free = sum(1 for i in usable if load[i] == 0)
                             count = render.auto_tile_count(whole_frames_waiting + 1, free)
                         if count > 1:
                             tile_plan = plan.tile_plan(count)
@@ -302,7 +306,7 @@ class RenderRun:
                             pending.extendleft(reversed(tiles))
                             summary.tiled_frames += 1
                             continue
-                    index = load.index(min(load))
+                    index = min(usable, key=load.__getitem__)
                     load[index] += 1
                     if self.job.state == State.QUEUED:
                         states.move_job(self._store, self.job, State.RUNNING)
@@ -320,8 +324,21 @@ class RenderRun:
                     self.on_event(Event("started", task.key, task.frames[0]))
 
                 self._drain_progress()
-                ready = self._wait(running, writes)
-                for ref in sorted(ready, key=lambda r: running[r][3]):
+                ready = self._wait([*running, *opening], writes)
+                for ref in [r for r in ready if r in opening]:
+                    index = opening.pop(ref)
+                    try:
+                        self._nodes[index] = ray.get(ref)["node"]
+                    except (RayActorError, RayTaskError) as error:
+                        dropped[index] = _one_line(error)  # no more work for it in this job
+                if pending and not running and not opening and len(dropped) == len(slots):
+                    reason = f"no render slot could start: {next(iter(dropped.values()))}"
+                    for task in pending:  # nothing is left to run the rest
+                        states.move_task(self._store, records[task.key], State.FAILED, error=reason)
+                        self.summary.failed.update(dict.fromkeys(task.frames, reason))
+                        self.on_event(Event("failed", task.key, task.frames[0], message=reason))
+                    pending.clear()
+                for ref in sorted((r for r in ready if r in running), key=lambda r: running[r][3]):
                     task, index, actor, seq = running.pop(ref)
                     load[index] -= 1
                     record = records[task.key]
@@ -331,7 +348,7 @@ class RenderRun:
                         if slots[index] is actor:
                             ray.kill(actor)  # its process died: a fresh slot takes its place
                             slots[index] = self._new_slot(plan.settings)
-                            self._nodes[index] = ""  # known again when it returns a result
+                            opening[slots[index].open.remote()] = index
                         if seq != died_running.setdefault(
                             actor, min([seq, *(s for _, _, a, s in running.values() if a == actor)])
                         ):
@@ -360,15 +377,23 @@ class RenderRun:
         summary.retries = summary.attempts - summary.tasks
         states.move_job(self._store, self.job, State.DONE if summary.ok else State.FAILED)
 
-    def _wait(self, running: dict[ray.ObjectRef, Any], writes: dict[Future[None], Any]) -> list:
-        """Block until a task finishes (or a progress tick passes); return every finished task."""
-        if not running:
+    @staticmethod
+    def _usable(
+        load: list[int], opening: dict[ray.ObjectRef, int], dropped: dict[int, str]
+    ) -> list[int]:
+        """Slots that can take another task: placed, open, and with room in their queue."""
+        unusable = set(opening.values()) | dropped.keys()
+        return [i for i, n in enumerate(load) if n < SLOT_DEPTH and i not in unusable]
+
+    def _wait(self, refs: list[ray.ObjectRef], writes: dict[Future[None], Any]) -> list:
+        """Block until a task or a slot's start finishes (or a progress tick passes)."""
+        if not refs:
             if writes:
                 next(iter(writes)).exception()
             return []
-        ready, _ = ray.wait(list(running), num_returns=1, timeout=PROGRESS_TICK)
-        if ready and len(running) > 1:
-            more, _ = ray.wait(list(running), num_returns=len(running), timeout=0)
+        ready, _ = ray.wait(refs, num_returns=1, timeout=PROGRESS_TICK)
+        if ready and len(refs) > 1:
+            more, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
             ready = list(dict.fromkeys([*ready, *more]))
         return ready
 
