@@ -254,22 +254,17 @@ class RenderRun:
             ray.get([slot.open.remote(plan.settings) for slot in slots])
         return plan
 
-    def _initial_tasks(self, plan: JobPlan) -> collections.deque[RenderTask]:
-        if self.spec.tiles.kind in ("grid", "size"):
-            tile_plan = plan.tile_plan()
-            tasks = [t for c in plan.chunks() for t in plan.tile_tasks(c.frames[0], tile_plan)]
-            return collections.deque(tasks)
-        return collections.deque(plan.chunks())
-
     def _dispatch(self, plan: JobPlan, slots: list[Any]) -> None:
         spec, summary = self.spec, self.summary
-        pending = self._initial_tasks(plan)
-        records = {task.key: self._add_task(task) for task in pending}
-        self._store.commit()
+        pending = collections.deque(plan.chunks())
         assemblies: dict[int, FrameAssembly] = {}
-        if spec.tiles.kind in ("grid", "size"):
+        if spec.tiles.kind in ("grid", "size"):  # every frame in the job's tiles, from the start
             tile_plan = plan.tile_plan()
             assemblies = {f: FrameAssembly(tile_plan, self._pool) for f in plan.frames}
+            tiled = (plan.tile_tasks(c.frames[0], tile_plan) for c in pending)
+            pending = collections.deque(t for tiles in tiled for t in tiles)
+        records = {task.key: self._add_task(task) for task in pending}
+        self._store.commit()
         resources = {"CPU": self.options.threads}
         if plan.settings.get("device", "CPU") != "CPU":
             resources["GPU"] = 1
@@ -298,9 +293,8 @@ class RenderRun:
                             tile_plan = plan.tile_plan(count)
                             assemblies[task.frames[0]] = FrameAssembly(tile_plan, self._pool)
                             tiles = plan.tile_tasks(task.frames[0], tile_plan)
-                            self._store.delete(
-                                records.pop(task.key)
-                            )  # it never ran: tiles replace it
+                            # The frame's task never ran: its tiles replace it.
+                            self._store.delete(records.pop(task.key))
                             records.update((t.key, self._add_task(t)) for t in tiles)
                             self._store.commit()
                             pending.extendleft(reversed(tiles))
@@ -352,9 +346,8 @@ class RenderRun:
                         if seq != died_running.setdefault(
                             actor, min([seq, *(s for _, _, a, s in running.values() if a == actor)])
                         ):
-                            states.unstart(
-                                self._store, record
-                            )  # it was queued behind the running task
+                            # It was queued behind the task the slot died running.
+                            states.unstart(self._store, record)
                             pending.appendleft(task)
                             continue
                         self._failed(task, record, _one_line(error), pending)

@@ -79,6 +79,7 @@ def move_task(
 ) -> None:
     """Change a task's state: starting opens an attempt, leaving *running* closes it."""
     _check(f"task {task.job_id}/{task.key}", task.state, new)
+    summary = error.splitlines()[0] if error else ""
     if new is State.RUNNING:
         task.attempts += 1
         db.add(Attempt(task=task, number=task.attempts, node=node, resources=resources or {}))
@@ -86,14 +87,13 @@ def move_task(
         attempt = task.tries[-1]
         attempt.ended_at = now()
         attempt.status = "done" if new is State.DONE else "failed"
-        attempt.error = error.splitlines()[0] if error else ""
+        attempt.error = summary
         attempt.node = node or attempt.node
         if error:  # the whole story (Blender's last lines) for `farm logs`
             db.add(TaskLog(attempt=attempt, text=error))
     task.state = new.value
     if new is not State.RUNNING and new is not State.DONE:
-        message = error.splitlines()[0] if error else ""
-        db.add(Event(job_id=task.job_id, task_id=task.id, kind=new.value, message=message))
+        db.add(Event(job_id=task.job_id, task_id=task.id, kind=new.value, message=summary))
     db.commit()
 
 

@@ -148,23 +148,22 @@ def open_store(url: str) -> Engine:
     return engine
 
 
+def _version(connection: Connection) -> int:
+    if not connection.dialect.has_table(connection, SchemaVersion.__tablename__):
+        return 0
+    return connection.execute(select(SchemaVersion.version)).scalar_one_or_none() or 0
+
+
 def store_version(engine: Engine) -> int:
     """The schema version of the store (0: empty)."""
     with engine.connect() as connection:
-        if not engine.dialect.has_table(connection, SchemaVersion.__tablename__):
-            return 0
-        return connection.execute(select(SchemaVersion.version)).scalar_one_or_none() or 0
+        return _version(connection)
 
 
 def migrate(engine: Engine) -> None:
     """Bring the store to this farm's schema version, in one transaction."""
     with engine.begin() as connection:
-        exists = engine.dialect.has_table(connection, SchemaVersion.__tablename__)
-        version = (
-            connection.execute(select(SchemaVersion.version)).scalar_one_or_none() or 0
-            if exists
-            else 0
-        )
+        version = _version(connection)
         if version > SCHEMA_VERSION:
             raise FarmError(
                 f"the store is at schema version {version}, newer than this farm's "
