@@ -10,15 +10,16 @@ from typing import Any
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 from sqlalchemy.orm import Session
 
-from farm import __version__
+from farm import __version__, embedded
 from farm.config import SlotLayout, farm_home, find_blender
 from farm.display import JobDisplay
+from farm.embedded import RunOptions, RunSummary
 from farm.errors import FarmError, RenderFailed
 from farm.jobs import job_logs, job_status, list_jobs
-from farm.runner import RenderRun, RunOptions, RunSummary
 from farm.store import open_store, session
 from pipelines.render import RenderRequest, validate
 
@@ -116,7 +117,7 @@ def _render(scene: str, kwargs: dict[str, Any]) -> None:
     store = f"sqlite:///{(farm_home() / 'farm.db').absolute()}"
     display = JobDisplay()
     with display:
-        summary = RenderRun(spec, options, display, store).run()
+        summary = embedded.render(spec, options, display, store)
     display.summary(summary)
     _finish(summary, as_json)
 
@@ -247,6 +248,8 @@ def status(job: int, as_json: bool) -> None:
     Console().print(
         f"job {info['id']} ({info['kind']} {info['name']}, {info['owner']}): "
         f"[bold]{info['state']}[/]; tasks: {counts or 'none'}"
+        + (f"\n{escape(info['message'])}" if info["message"] else ""),
+        highlight=False,
     )
 
 

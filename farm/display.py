@@ -13,7 +13,8 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from farm.runner import Event, RunSummary
+from farm.active_job import Event
+from farm.embedded import RunSummary
 
 
 def _count(number: int, one: str, many: str = "") -> str:
@@ -21,7 +22,7 @@ def _count(number: int, one: str, many: str = "") -> str:
 
 
 class JobDisplay:
-    """A rich progress bar on stderr, fed by the runner's events."""
+    """A rich progress bar on stderr, fed by the scheduler's events."""
 
     def __init__(self, console: Console | None = None) -> None:
         self.console = console or Console(stderr=True)

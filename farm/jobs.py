@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 
 from farm.errors import FarmError
 from farm.states import State
-from farm.store import Job, Task
+from farm.store import Event, Job, Task
 
 
 def _iso(moment: dt.datetime | None) -> str | None:
@@ -30,7 +30,7 @@ def task_counts(db: Session, job_ids: list[int]) -> dict[int, dict[str, int]]:
     return {job_id: {s.value: n for s, n in c.items()} for job_id, c in counts.items()}
 
 
-def status(job: Job, counts: dict[str, int]) -> dict[str, Any]:
+def status(job: Job, counts: dict[str, int], message: str = "") -> dict[str, Any]:
     """What ``farm status JOB --json`` prints: the job's state and its tasks by state."""
     return {
         "id": job.id,
@@ -40,6 +40,8 @@ def status(job: Job, counts: dict[str, int]) -> dict[str, Any]:
         "state": job.state,
         "priority": job.priority,
         "tasks": counts,
+        "message": message,
+        "after": list(job.depends_on or []),
         "submitted_at": _iso(job.submitted_at),
         "started_at": _iso(job.started_at),
         "ended_at": _iso(job.ended_at),
@@ -54,17 +56,19 @@ def list_jobs(db: Session, limit: int = 50) -> list[dict[str, Any]]:
 
 
 def job_status(db: Session, job_id: int) -> dict[str, Any]:
-    job = db.get(Job, job_id)
-    if job is None:
-        raise FarmError(f"no job {job_id}")
-    return status(job, task_counts(db, [job_id])[job_id])
+    job = _job(db, job_id)
+    message = db.scalar(
+        select(Event.message)
+        .where(Event.job_id == job_id, Event.task_id.is_(None), Event.kind == job.state)
+        .order_by(Event.id.desc())
+        .limit(1)
+    )
+    return status(job, task_counts(db, [job_id])[job_id], message or "")
 
 
 def job_logs(db: Session, job_id: int, task_key: str | None = None) -> list[dict[str, Any]]:
     """Every attempt of the job's tasks (or of one task), with its outcome and log."""
-    job = db.get(Job, job_id)
-    if job is None:
-        raise FarmError(f"no job {job_id}")
+    job = _job(db, job_id)
     tasks = [t for t in job.tasks if task_key is None or t.key == task_key]
     if task_key is not None and not tasks:
         raise FarmError(f"job {job_id} has no task {task_key!r}")
@@ -81,4 +85,36 @@ def job_logs(db: Session, job_id: int, task_key: str | None = None) -> list[dict
         }
         for task in tasks
         for attempt in task.tries
+    ]
+
+
+def _job(db: Session, job_id: int) -> Job:
+    job = db.get(Job, job_id)
+    if job is None:
+        raise FarmError(f"no job {job_id}")
+    return job
+
+
+def job_tasks(db: Session, job_id: int) -> list[dict[str, Any]]:
+    """Every task of the job with its state and attempts, in the job's order."""
+    _job(db, job_id)
+    rows = db.execute(
+        select(Task.key, Task.state, Task.attempts).where(Task.job_id == job_id).order_by(Task.id)
+    )
+    return [{"task": key, "state": state, "attempts": attempts} for key, state, attempts in rows]
+
+
+def job_events(db: Session, job_id: int, after: int = 0, limit: int = 1000) -> list[dict[str, Any]]:
+    """What happened to the job since event ``after``: state changes, retries, frames written."""
+    _job(db, job_id)
+    rows = db.execute(
+        select(Event.id, Event.at, Event.kind, Event.frame, Event.message, Task.key)
+        .outerjoin(Task, Task.id == Event.task_id)
+        .where(Event.job_id == job_id, Event.id > after)
+        .order_by(Event.id)
+        .limit(limit)
+    )
+    return [
+        {"id": i, "at": _iso(at), "kind": kind, "frame": frame, "task": key, "message": message}
+        for i, at, kind, frame, message, key in rows
     ]

@@ -1,19 +1,32 @@
 """The one state machine for jobs and tasks. Nothing else changes a state.
 
-Jobs and tasks share the same states. A task is *queued* until a slot takes it, *running* while an
-attempt is under way, and ends *done*, *failed* (its retries spent) or *cancelled*. *paused* and
-*held* keep queued work from starting: paused by the user, held by the farm (a dependency, a quota).
-Every transition is committed to the store before the caller acts on it, so a farm that dies at any
-point restarts from what the store says.
+Jobs and tasks share the same states. A task is *queued* until the scheduler starts it, *running*
+while an attempt is under way, and ends *done*, *failed* (its retries spent) or *cancelled*.
+*paused* and *held* keep queued work from starting: paused by the user, held by the farm (a
+dependency not met yet, a quota). Every transition is committed to the store before the caller acts
+on it, so a farm that dies at any point restarts from what the store says.
+
+Transitions are compare-and-set: a row changes only if it is still in the state the caller saw, so
+two writers (the scheduler and a restarted one, or an admin's tool) can never both move it. They
+come in batches, one transaction each, because the scheduler starts and ends thousands of tasks a
+second.
 """
 
 from __future__ import annotations
 
 import enum
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
+from sqlalchemy import bindparam, case, insert, select, update
 from sqlalchemy.orm import Session
 
 from farm.store import Attempt, Event, Job, Task, TaskLog, now
+
+_TASKS = Task.__table__
+_ATTEMPTS = Attempt.__table__
 
 
 class State(enum.StrEnum):
@@ -40,7 +53,7 @@ ALLOWED: dict[State, frozenset[State]] = {
         {State.QUEUED, State.DONE, State.FAILED, State.CANCELLED, State.PAUSED, State.HELD}
     ),
     State.PAUSED: frozenset({State.QUEUED, State.CANCELLED}),
-    State.HELD: frozenset({State.QUEUED, State.CANCELLED}),
+    State.HELD: frozenset({State.QUEUED, State.CANCELLED, State.PAUSED}),
     State.DONE: frozenset({State.QUEUED}),  # requeue
     State.FAILED: frozenset({State.QUEUED}),  # retry by hand
     State.CANCELLED: frozenset({State.QUEUED}),
@@ -48,62 +61,223 @@ ALLOWED: dict[State, frozenset[State]] = {
 
 
 class IllegalTransition(ValueError):
-    """A state change the machine does not allow: a bug, never bad user input."""
+    """A state change the machine does not allow, or a row another writer moved first: a bug or a
+    race lost, never bad user input."""
 
 
-def _check(what: str, old: str, new: State) -> None:
-    if new not in ALLOWED[State(old)]:
+@dataclass(slots=True)
+class TaskRef:
+    """What the scheduler keeps of a task between reads of the store."""
+
+    id: int
+    job_id: int
+    key: str
+    state: State
+    attempts: int
+    payload: dict[str, Any] = field(default_factory=dict)
+    failures: int = 0  # attempts that failed (lost ones, cut short by a server stop, are not)
+
+
+@dataclass(frozen=True, slots=True)
+class Ending:
+    """How one running attempt ended: the task's new state and what the attempt leaves behind."""
+
+    task: TaskRef
+    state: State
+    node: str = ""
+    error: str = ""  # the whole story (Blender's last lines, a traceback) for `farm logs`
+    attempt_status: str = ""  # default: done for DONE, else failed; "lost" after a restart
+
+
+def _check(what: str, old: State, new: State) -> None:
+    if new not in ALLOWED[old]:
         raise IllegalTransition(f"{what}: {old} → {new} is not allowed")
+
+
+def _compare_and_set(
+    db: Session, table: Any, ids_by_old: dict[State, list[int]], new: State
+) -> None:
+    for old, ids in ids_by_old.items():
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            result = db.execute(
+                update(table)
+                .where(table.id.in_(chunk), table.state == old.value)
+                .values(state=new.value)
+                .execution_options(synchronize_session=False)
+            )
+            if result.rowcount != len(chunk):
+                db.rollback()
+                raise IllegalTransition(
+                    f"{len(chunk) - result.rowcount} of {len(chunk)} rows were no longer {old}"
+                )
 
 
 def move_job(db: Session, job: Job, new: State, message: str = "") -> None:
     """Change a job's state and record it."""
-    _check(f"job {job.id}", job.state, new)
+    old = State(job.state)
+    _check(f"job {job.id}", old, new)
+    _compare_and_set(db, Job, {old: [job.id]}, new)
+    values: dict[str, Any] = {}
     if new is State.RUNNING and job.started_at is None:
-        job.started_at = now()
+        values["started_at"] = now()
     if new.finished:
-        job.ended_at = now()
-    job.state = new.value
+        values["ended_at"] = now()
+    elif old.finished:
+        values["ended_at"] = None
+    if values:
+        db.execute(update(Job).where(Job.id == job.id).values(**values))
     db.add(Event(job_id=job.id, kind=new.value, message=message))
     db.commit()
+    job.state = new.value
+    for name, value in values.items():
+        setattr(job, name, value)
+    db.expire(job, ["state", "started_at", "ended_at"])
 
 
-def move_task(
-    db: Session,
-    task: Task,
-    new: State,
-    *,
-    node: str = "",
-    error: str = "",
-    resources: dict[str, float] | None = None,
-) -> None:
-    """Change a task's state: starting opens an attempt, leaving *running* closes it."""
-    _check(f"task {task.job_id}/{task.key}", task.state, new)
-    summary = error.splitlines()[0] if error else ""
-    if new is State.RUNNING:
+def start(db: Session, starts: Sequence[tuple[TaskRef, str, dict[str, float]]]) -> None:
+    """Queued → running for a batch of tasks, each opening an attempt on ``node`` with
+    ``resources``; one transaction."""
+    if not starts:
+        return
+    by_old: dict[State, list[int]] = defaultdict(list)
+    for task, _, _ in starts:
+        _check(f"task {task.job_id}/{task.key}", task.state, State.RUNNING)
+        by_old[task.state].append(task.id)
+    _compare_and_set(db, Task, by_old, State.RUNNING)
+    db.execute(
+        update(_TASKS).where(_TASKS.c.id == bindparam("tid")).values(attempts=bindparam("number")),
+        [{"tid": t.id, "number": t.attempts + 1} for t, _, _ in starts],
+    )
+    moment = now()
+    db.execute(
+        insert(_ATTEMPTS),
+        [
+            {
+                "task_id": task.id,
+                "number": task.attempts + 1,
+                "node": node,
+                "resources": resources,
+                "started_at": moment,
+                "status": "running",
+                "error": "",
+            }
+            for task, node, resources in starts
+        ],
+    )
+    db.commit()
+    for task, _, _ in starts:
+        task.state = State.RUNNING
         task.attempts += 1
-        db.add(Attempt(task=task, number=task.attempts, node=node, resources=resources or {}))
-    elif task.state == State.RUNNING:
-        attempt = task.tries[-1]
-        attempt.ended_at = now()
-        attempt.status = "done" if new is State.DONE else "failed"
-        attempt.error = summary
-        attempt.node = node or attempt.node
-        if error:  # the whole story (Blender's last lines) for `farm logs`
-            db.add(TaskLog(attempt=attempt, text=error))
-    task.state = new.value
-    if new is not State.RUNNING and new is not State.DONE:
-        db.add(Event(job_id=task.job_id, task_id=task.id, kind=new.value, message=summary))
-    db.commit()
 
 
-def unstart(db: Session, task: Task) -> None:
-    """Back to queued with the attempt taken back: the task sat queued on a slot that died
-    before it began, so it never ran."""
-    if task.state != State.RUNNING:
-        raise IllegalTransition(f"task {task.job_id}/{task.key}: {task.state} has no attempt")
-    db.delete(task.tries[-1])
-    task.tries.pop()
-    task.attempts -= 1
-    task.state = State.QUEUED.value
+def end(db: Session, endings: Sequence[Ending]) -> None:
+    """Close a batch of running attempts (done, failed, lost) and move their tasks on."""
+    if not endings:
+        return
+    by_new: dict[State, list[int]] = defaultdict(list)
+    for ending in endings:
+        task = ending.task
+        if task.state is not State.RUNNING:
+            raise IllegalTransition(f"task {task.job_id}/{task.key}: {task.state} has no attempt")
+        _check(f"task {task.job_id}/{task.key}", task.state, ending.state)
+        by_new[ending.state].append(task.id)
+    for new, ids in by_new.items():
+        _compare_and_set(db, Task, {State.RUNNING: ids}, new)
+    moment = now()
+    db.execute(
+        update(_ATTEMPTS)
+        .where(_ATTEMPTS.c.task_id == bindparam("tid"), _ATTEMPTS.c.number == bindparam("n"))
+        .values(
+            ended_at=moment,
+            status=bindparam("status"),
+            error=bindparam("summary"),
+            # An ending that names no node keeps the node the attempt started on.
+            node=case((bindparam("where") == "", _ATTEMPTS.c.node), else_=bindparam("where")),
+        ),
+        [
+            {
+                "tid": e.task.id,
+                "n": e.task.attempts,
+                "status": e.attempt_status or ("done" if e.state is State.DONE else "failed"),
+                "summary": e.error.splitlines()[0] if e.error else "",
+                "where": e.node,
+            }
+            for e in endings
+        ],
+    )
+    for ending in endings:
+        if ending.error:
+            attempt_id = db.scalar(
+                select(Attempt.id).where(
+                    Attempt.task_id == ending.task.id, Attempt.number == ending.task.attempts
+                )
+            )
+            db.add(TaskLog(attempt_id=attempt_id, text=ending.error))
+        if ending.state is not State.DONE:
+            db.add(
+                Event(
+                    job_id=ending.task.job_id,
+                    task_id=ending.task.id,
+                    kind=ending.state.value,
+                    message=ending.error.splitlines()[0] if ending.error else "",
+                )
+            )
     db.commit()
+    for ending in endings:
+        ending.task.state = ending.state
+
+
+def move(db: Session, tasks: Iterable[TaskRef], new: State, message: str = "") -> None:
+    """Move tasks that are not running (queued, paused, held, finished) to ``new``; one
+    transaction, one event per task."""
+    tasks = list(tasks)
+    if not tasks:
+        return
+    by_old: dict[State, list[int]] = defaultdict(list)
+    for task in tasks:
+        if task.state is State.RUNNING:
+            raise IllegalTransition(
+                f"task {task.job_id}/{task.key}: running tasks end through end()"
+            )
+        _check(f"task {task.job_id}/{task.key}", task.state, new)
+        by_old[task.state].append(task.id)
+    _compare_and_set(db, Task, by_old, new)
+    db.execute(
+        insert(Event.__table__),
+        [
+            {
+                "job_id": t.job_id,
+                "task_id": t.id,
+                "kind": new.value,
+                "message": message,
+                "at": now(),
+            }
+            for t in tasks
+        ],
+    )
+    db.commit()
+    for task in tasks:
+        task.state = new
+
+
+def unstart(db: Session, tasks: Sequence[TaskRef]) -> None:
+    """Back to queued with the attempt taken back: the task sat queued on a slot that died (or was
+    stopped) before it began, so it never ran."""
+    if not tasks:
+        return
+    for task in tasks:
+        if task.state is not State.RUNNING:
+            raise IllegalTransition(f"task {task.job_id}/{task.key}: {task.state} has no attempt")
+    _compare_and_set(db, Task, {State.RUNNING: [t.id for t in tasks]}, State.QUEUED)
+    for task in tasks:
+        db.execute(
+            Attempt.__table__.delete().where(
+                Attempt.task_id == task.id, Attempt.number == task.attempts
+            )
+        )
+        db.execute(update(Task).where(Task.id == task.id).values(attempts=task.attempts - 1))
+    db.commit()
+    for task in tasks:
+        task.state = State.QUEUED
+        task.attempts -= 1

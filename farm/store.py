@@ -24,11 +24,13 @@ from sqlalchemy import (
     create_engine,
     event,
     select,
+    text,
 )
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship
 
 from farm.errors import FarmError
+from farm.schema_v1 import create_v1
 
 
 def now() -> dt.datetime:
@@ -55,6 +57,13 @@ class Job(Base):
     state: Mapped[str] = mapped_column(String(16), index=True)
     priority: Mapped[int] = mapped_column(Integer, default=50)
     spec: Mapped[dict[str, Any]]
+    # Jobs that must be done before this one runs (`--after`).
+    depends_on: Mapped[list[int]] = mapped_column(JSON, default=list)
+    # What the job learnt once it started (a render: the scene as Blender reported it), so a
+    # restarted server plans it again without asking Blender.
+    plan: Mapped[dict[str, Any] | None]
+    # Ray nodes that failed too many of this job's tasks: the job runs no more tasks there.
+    blocked_nodes: Mapped[list[str]] = mapped_column(JSON, default=list)
     submitted_at: Mapped[dt.datetime] = mapped_column(default=now)
     started_at: Mapped[dt.datetime | None]
     ended_at: Mapped[dt.datetime | None]
@@ -116,14 +125,19 @@ class Event(Base):
     message: Mapped[str] = mapped_column(Text, default="")
 
 
-def _create_v1(connection: Connection) -> None:
-    Base.metadata.create_all(connection)
+def _add_job_columns(connection: Connection) -> None:
+    """Version 2: job dependencies, the stored plan, and nodes blocked for a job."""
+    for ddl in (
+        "ALTER TABLE jobs ADD COLUMN depends_on JSON NOT NULL DEFAULT '[]'",
+        "ALTER TABLE jobs ADD COLUMN plan JSON",
+        "ALTER TABLE jobs ADD COLUMN blocked_nodes JSON NOT NULL DEFAULT '[]'",
+    ):
+        connection.execute(text(ddl))
 
 
-# Step N brings a store from version N to N + 1. Append; never edit a released step. Step 1 builds
-# the tables from the models; the first change to a model must also freeze step 1 as the DDL of
-# version 1, so that a later step's ALTER finds the tables as version 1 left them.
-MIGRATIONS: list[Callable[[Connection], None]] = [_create_v1]
+# Step N brings a store from version N to N + 1. Append; never edit a released step: each step
+# finds the tables exactly as the steps before it left them (migrations.py freezes version 1).
+MIGRATIONS: list[Callable[[Connection], None]] = [create_v1, _add_job_columns]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -80,6 +80,26 @@ class RenderSpec:
             "retries": self.retries,
         }
 
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> RenderSpec:
+        """The spec the store kept (:meth:`as_json`), validated when it was submitted."""
+        overrides = dict(data["overrides"])
+        resolution = overrides.get("resolution")
+        return cls(
+            scene=Path(data["scene"]),
+            frames=tuple(data["frames"]) if data["frames"] is not None else None,
+            chunk=data["chunk"],
+            tiles=parse_tiles(data["tiles"]),
+            overscan=data["overscan"],
+            output=OutputPattern(data["output"]),
+            format=data["format"],
+            resolution=(resolution[0], resolution[1]) if resolution else None,
+            overrides=overrides,
+            compression=data["compression"],
+            allow_scripts=data["allow_scripts"],
+            retries=data["retries"],
+        )
+
 
 def _positive(name: str, value: int | None, minimum: int = 1) -> None:
     if value is not None and value < minimum:
@@ -310,11 +330,21 @@ def plan(spec: RenderSpec, info: dict[str, Any], slots: int) -> JobPlan:
             )
     spec.tiles.plan(width, height, spec.overscan)  # refuses grids larger than the frame
     image = image_format(spec, info)
+    return JobPlan(
+        spec, frames, width, height, image, blender_settings(spec, image.eight_bit, slots)
+    )
+
+
+def blender_settings(spec: RenderSpec, eight_bit: bool, slots: int) -> dict[str, Any]:
+    """The overrides every Blender of the job gets.
+
+    Blender's dither noise follows each buffer's own pixel coordinates, so a dithered tile differs
+    from the same pixels of a dithered frame; 8-bit outputs that may be tiled (a grid, or ``auto``
+    with more than one slot) render without dither so every frame of the job is the frame Blender
+    would write.
+    """
     settings = dict(spec.overrides)
     may_tile = spec.tiles.kind in ("grid", "size") or (spec.tiles.kind == "auto" and slots > 1)
-    if image.eight_bit and may_tile:
-        # Blender's dither noise follows each buffer's own pixel coordinates, so a dithered tile
-        # differs from the same pixels of a dithered frame; 8-bit outputs that may be tiled
-        # render without dither so every frame of the job is the frame Blender would write.
+    if eight_bit and may_tile:
         settings["dither"] = 0.0
-    return JobPlan(spec, frames, width, height, image, settings)
+    return settings

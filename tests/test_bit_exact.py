@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 from conftest import blender_render, pixels
 
-from farm.runner import RenderRun, RunOptions
+from farm.embedded import RunOptions, render
 from pipelines.render import RenderRequest, validate
 
 
 def farm_render(blender: str, scene: Path, output: Path, slots: int = 2, **request) -> dict:
     spec = validate(RenderRequest(scene=str(scene), output=str(output), **request))
-    summary = RenderRun(spec, RunOptions(blender, slots=slots, threads=1)).run()
+    summary = render(spec, RunOptions(blender, slots=slots, threads=1))
     assert summary.ok, summary.failed
     return summary.as_json()
 

@@ -98,7 +98,13 @@ def test_bad_input_is_one_line_exit_2_and_nothing_written(scene, tmp_path, args,
     assert message in lines[0]
     assert not out.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["blocker", "notes.blend", "notes.blend1"]
-    assert not (Path(os.environ["FARM_HOME"]) / "farm.db").exists()  # a refusal records no job
+    if message in ("Blender could not open", "more tiles than the 64x36 frame has pixels"):
+        # Refused once Blender had the scene: the job is in the store, failed with the reason.
+        jobs = json.loads(farm("jobs", "--json").stdout)
+        assert [j["state"] for j in jobs] == ["failed"]
+        assert message in farm("status", str(jobs[0]["id"])).stdout
+    else:  # refused before the job was stored: nothing recorded
+        assert not (Path(os.environ["FARM_HOME"]) / "farm.db").exists()
 
 
 def test_jobs_and_status_before_any_job() -> None:

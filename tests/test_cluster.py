@@ -12,7 +12,8 @@ import pytest
 import ray
 from ray.cluster_utils import Cluster
 
-from farm.runner import Event, RenderRun, RunOptions
+from farm.active_job import Event
+from farm.embedded import RunOptions, render
 from pipelines.render import RenderRequest, validate
 
 
@@ -61,7 +62,7 @@ def test_a_node_removed_mid_job_loses_no_frame(blender, make_scene, tmp_path, sp
                 scene=str(scene), output=str(tmp_path / "f_####.exr"), frames="1-6", tiles="none"
             )
         )
-        summary = RenderRun(spec, RunOptions(blender, slots=2, threads=1), record).run()
+        summary = render(spec, RunOptions(blender, slots=2, threads=1), record)
         assert removed, "no node with a Blender was found to remove"
         assert summary.ok and summary.retries >= 1
         written = Counter(e.frame for e in events if e.kind == "written")

@@ -14,8 +14,9 @@ import psutil
 import pytest
 from sqlalchemy import select
 
+from farm.active_job import Event
+from farm.embedded import RunOptions, render
 from farm.jobs import job_logs
-from farm.runner import Event, RenderRun, RunOptions
 from farm.store import Event as StoreEvent
 from farm.store import Job, open_store, session
 from pipelines.render import RenderRequest, validate
@@ -43,7 +44,7 @@ def run(
 ):
     spec = validate(RenderRequest(scene=str(scene), output=str(output), **request))
     options = RunOptions(blender, slots=2, threads=1, stall_timeout=stall)
-    return RenderRun(spec, options, on_event, store).run()
+    return render(spec, options, on_event, store)
 
 
 class Recorder:

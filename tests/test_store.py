@@ -5,13 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import sqlalchemy
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import select, text
 
 from farm import states
 from farm.errors import FarmError
-from farm.states import ALLOWED, IllegalTransition, State
+from farm.schema_v1 import create_v1
+from farm.states import ALLOWED, Ending, IllegalTransition, State, TaskRef
 from farm.store import (
     SCHEMA_VERSION,
     Attempt,
@@ -24,12 +26,12 @@ from farm.store import (
 )
 
 
-def new_job(db, key: str = "f1") -> tuple[Job, Task]:
+def new_job(db, key: str = "f1") -> tuple[Job, TaskRef]:
     job = Job(kind="render", name="shot.blend", owner="ana", state="queued", spec={"frames": [1]})
     task = Task(job=job, key=key, state="queued", payload={"frames": [1], "tile": None})
     db.add_all([job, task])
     db.commit()
-    return job, task
+    return job, TaskRef(task.id, job.id, key, State.QUEUED, 0, task.payload)
 
 
 def test_a_new_store_is_created_at_the_current_version(store_url: str) -> None:
@@ -60,23 +62,45 @@ def test_attempts_open_and_close_with_the_task(store_url: str) -> None:
     url = store_url
     db = session(open_store(url))
     _, task = new_job(db)
-    states.move_task(db, task, State.RUNNING, resources={"CPU": 2})
-    states.move_task(db, task, State.QUEUED, node="n1", error="Blender exited with code -9")
-    states.move_task(db, task, State.RUNNING, resources={"CPU": 2})
-    states.unstart(db, task)  # queued behind a task on a slot that died: never ran
-    states.move_task(db, task, State.RUNNING, resources={"CPU": 2})
-    states.move_task(db, task, State.DONE, node="n2")
+    states.start(db, [(task, "n1", {"CPU": 2})])
+    states.end(db, [Ending(task, State.QUEUED, error="Blender exited with code -9\nlast lines")])
+    states.start(db, [(task, "n1", {"CPU": 2})])
+    states.unstart(db, [task])  # queued behind a task on a slot that died: never ran
+    states.start(db, [(task, "", {"CPU": 2})])
+    states.end(db, [Ending(task, State.DONE, node="n2")])
 
     other = session(open_store(url))  # what another process reads
     stored = other.get(Task, task.id)
-    assert stored.state == "done" and stored.attempts == 2
-    tries = other.scalars(
-        select(Attempt).where(Attempt.task_id == task.id).order_by(Attempt.number)
+    assert stored.state == "done" and stored.attempts == 2 and task.attempts == 2
+    tries = list(
+        other.scalars(select(Attempt).where(Attempt.task_id == task.id).order_by(Attempt.number))
     )
     assert [(a.number, a.status, a.node, a.error) for a in tries] == [
         (1, "failed", "n1", "Blender exited with code -9"),
         (2, "done", "n2", ""),
     ]
+    assert [log.text for log in tries[0].logs] == ["Blender exited with code -9\nlast lines"]
+
+
+def test_an_ending_without_a_node_keeps_the_node_it_started_on(store_url: str) -> None:
+    db = session(open_store(store_url))
+    _, task = new_job(db)
+    states.start(db, [(task, "n7", {"CPU": 1})])
+    states.end(db, [Ending(task, State.QUEUED, attempt_status="lost")])
+    attempt = session(open_store(store_url)).scalars(select(Attempt)).one()
+    assert (attempt.node, attempt.status) == ("n7", "lost")
+
+
+def test_a_row_another_writer_moved_first_is_not_moved_again(store_url: str) -> None:
+    """Compare-and-set: a stale view loses the race and changes nothing."""
+    db, other = session(open_store(store_url)), session(open_store(store_url))
+    _, task = new_job(db)
+    stale = TaskRef(task.id, task.job_id, task.key, State.QUEUED, 0)
+    states.move(db, [task], State.CANCELLED)
+    with pytest.raises(IllegalTransition, match="no longer queued"):
+        states.start(other, [(stale, "n1", {})])
+    assert session(open_store(store_url)).get(Task, task.id).state == "cancelled"
+    assert session(open_store(store_url)).scalars(select(Attempt)).all() == []
 
 
 @settings(
@@ -87,13 +111,42 @@ def test_the_machine_allows_exactly_its_transitions_and_persists_each(store_url,
     db, reader = session(open_store(store_url)), session(open_store(store_url))
     _, task = new_job(db)
     for new in moves:
-        old = State(task.state)
+        old = task.state
         if new in ALLOWED[old]:
-            states.move_task(db, task, new)
+            if new is State.RUNNING:
+                states.start(db, [(task, "n1", {})])
+            elif old is State.RUNNING:
+                states.end(db, [Ending(task, new)])
+            else:
+                states.move(db, [task], new)
             reader.expire_all()
             assert reader.get(Task, task.id).state == new.value
         else:
             with pytest.raises(IllegalTransition):
-                states.move_task(db, task, new)
-            db.rollback()
-            assert task.state == old.value
+                if new is State.RUNNING:
+                    states.start(db, [(task, "n1", {})])
+                elif old is State.RUNNING:
+                    states.end(db, [Ending(task, new)])
+                else:
+                    states.move(db, [task], new)
+            assert task.state is old
+            reader.expire_all()
+            assert reader.get(Task, task.id).state == old.value
+
+
+def test_a_version_1_store_is_migrated_and_keeps_its_jobs(store_url: str) -> None:
+    engine = sqlalchemy.create_engine(store_url)
+    with engine.begin() as connection:  # the store as the first release left it
+        create_v1(connection)
+        connection.execute(SchemaVersion.__table__.insert().values(version=1))
+        connection.execute(
+            text(
+                "INSERT INTO jobs (kind, name, owner, state, priority, spec, submitted_at) "
+                "VALUES ('render', 'old.blend', 'ana', 'done', 50, '{}', CURRENT_TIMESTAMP)"
+            )
+        )
+    engine.dispose()
+    migrated = open_store(store_url)
+    assert store_version(migrated) == SCHEMA_VERSION
+    job = session(migrated).scalars(select(Job)).one()
+    assert (job.name, job.depends_on, job.blocked_nodes, job.plan) == ("old.blend", [], [], None)

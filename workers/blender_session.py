@@ -44,7 +44,7 @@ class BlenderError(RuntimeError):
 class SessionOptions:
     """How to start Blender for one scene."""
 
-    blender: str
+    blender: str  # "": the node's own (FARM_BLENDER, else blender on PATH)
     scene: Path
     threads: int = 0  # 0: Blender's default, every core
     allow_scripts: bool = False

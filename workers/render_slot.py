@@ -11,7 +11,7 @@ from __future__ import annotations
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +49,10 @@ class RenderSlot:
         settings: dict[str, Any],
         progress: Any = None,
     ) -> None:
+        if not options.blender:  # each lab node may have its own Blender
+            from farm.config import find_blender
+
+            options = replace(options, blender=find_blender())
         self.session = BlenderSession(options)
         self.settings = settings
         self.progress = progress
@@ -77,7 +81,8 @@ class RenderSlot:
             settings["device"] = "CPU"
         return settings
 
-    def render(self, task: RenderTask) -> TaskResult:
+    def render(self, task: RenderTask, channel: str = "") -> TaskResult:
+        """Render the task; progress goes to the channel under ``channel + task.key``."""
         import ray
 
         self.open()
@@ -89,7 +94,7 @@ class RenderSlot:
             now = time.monotonic()
             if self.progress is not None and (now - last >= PROGRESS_INTERVAL or fraction >= 1):
                 last = now
-                self.progress.report.remote(task.key, fraction)
+                self.progress.report.remote(channel + task.key, fraction)
 
         for frame in task.frames:
             started = time.monotonic()

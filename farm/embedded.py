@@ -1,0 +1,157 @@
+"""The embedded farm: what ``farm render`` runs when no server is configured.
+
+The same store, scheduler and workers as the server, in this process: a local Ray (or the cluster
+this machine joined), the job stored in ``$FARM_HOME/farm.db``, and the loop run until the job is
+done. The slots it starts end with it.
+"""
+
+from __future__ import annotations
+
+import getpass
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import ray
+
+from farm import states, submit
+from farm.active_job import Event
+from farm.errors import FarmError
+from farm.render_job import RenderJob
+from farm.scheduler import Scheduler, ensure_ray
+from farm.states import State
+from farm.store import Job, open_store
+from pipelines.render import RenderSpec
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How this run uses the cluster (not part of the job: the same job may run anywhere)."""
+
+    blender: str
+    slots: int
+    threads: int
+    stall_timeout: float = 600.0
+
+
+@dataclass
+class RunSummary:
+    """Everything ``farm render --json`` prints."""
+
+    job: int | None = None
+    state: str = ""
+    frames: list[int] = field(default_factory=list)
+    written: dict[int, str] = field(default_factory=dict)
+    failed: dict[int, str] = field(default_factory=dict)
+    tasks: int = 0
+    attempts: int = 0
+    retries: int = 0
+    tiled_frames: int = 0
+    slots: int = 0
+    threads: int = 0
+    seconds: float = 0.0
+    startup_seconds: float = 0.0  # from the start to the first task sent: Ray, slots, Blender
+    render_seconds: float = 0.0
+    width: int = 0
+    height: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return self.state == State.DONE
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "id": self.job,
+            "state": self.state,
+            "frames": len(self.frames),
+            "written": len(self.written),
+            "paths": [self.written[f] for f in sorted(self.written)],
+            "failed": {str(f): reason for f, reason in sorted(self.failed.items())},
+            "resolution": [self.width, self.height],
+            "tasks": self.tasks,
+            "attempts": self.attempts,
+            "retries": self.retries,
+            "tiled_frames": self.tiled_frames,
+            "slots": self.slots,
+            "threads_per_slot": self.threads,
+            "seconds": round(self.seconds, 3),
+            "seconds_per_frame": round(self.seconds / max(1, len(self.written)), 4),
+            "startup_seconds": round(self.startup_seconds, 3),
+            "render_seconds": round(self.render_seconds, 3),
+        }
+
+
+def check_cluster(slots: int, threads: int, gpu: bool, device: str) -> None:
+    """Refuse a layout Ray could never place (its slots would wait forever)."""
+    gpus = ray.cluster_resources().get("GPU", 0)
+    if gpu and gpus < slots:
+        raise FarmError(
+            f"--device {device} needs one GPU per slot: the Ray cluster has {gpus:g} GPUs "
+            f"for {slots} slots (use --slots)"
+        )
+    nodes = [n["Resources"].get("CPU", 0) for n in ray.nodes() if n.get("Alive")]
+    if sum(nodes) < slots * threads or max(nodes, default=0) < threads:
+        raise FarmError(
+            f"{slots} slots × {threads} threads need {slots * threads} CPUs "
+            f"(at least {threads} on one node); the Ray cluster has {sum(nodes):g} "
+            f"on {len(nodes)} node(s)"
+        )
+
+
+def render(
+    spec: RenderSpec,
+    options: RunOptions,
+    on_event: Callable[[Event], None] | None = None,
+    store: str | None = None,  # the store's URL; None: an in-memory store for this run
+    owner: str | None = None,
+) -> RunSummary:
+    """Run one render job to its end on this process's Ray; returns what ``--json`` prints."""
+    started = time.monotonic()
+    summary = RunSummary(slots=options.slots, threads=options.threads)
+    ensure_ray()
+    device = spec.overrides.get("device", "CPU")
+    check_cluster(options.slots, options.threads, device != "CPU", device)
+    engine = open_store(store or "sqlite://")
+    scheduler = Scheduler(engine, options.blender)
+    run = {
+        "threads": options.threads,
+        "slots": options.slots,
+        "stall_timeout": options.stall_timeout,
+    }
+    job_id = submit.render(scheduler.db, spec, run, owner or getpass.getuser())
+    summary.job = job_id
+
+    def listen(event: Event) -> None:
+        if event.job != job_id:
+            return
+        if event.kind == "started" and not summary.startup_seconds:
+            summary.startup_seconds = time.monotonic() - started
+        if on_event is not None:
+            on_event(event)
+
+    scheduler.listeners.append(listen)
+    try:
+        job = scheduler.run_until_finished(job_id)
+    except BaseException as error:
+        row = scheduler.db.get(Job, job_id)
+        if row is not None and not State(row.state).finished:
+            ended = State.CANCELLED if isinstance(error, KeyboardInterrupt) else State.FAILED
+            states.move_job(scheduler.db, row, ended, message=str(error) or type(error).__name__)
+        scheduler.close(graceful=False)
+        raise
+    scheduler.close()
+    assert isinstance(job, RenderJob)
+    if job.plan is None:  # refused once Blender had the scene: bad input, not a failed render
+        raise FarmError(job.reason)
+    summary.state = job.state.value
+    summary.frames = list(job.plan.frames)
+    summary.width, summary.height = job.plan.width, job.plan.height
+    summary.written, summary.failed = dict(job.written), dict(job.failed)
+    summary.tiled_frames = job.tiled_frames
+    summary.tasks = len(job.tasks)
+    summary.attempts = sum(t.attempts for t in job.tasks.values())
+    summary.retries = summary.attempts - summary.tasks
+    summary.render_seconds = job.render_seconds
+    summary.seconds = time.monotonic() - started
+    return summary

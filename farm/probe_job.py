@@ -1,0 +1,60 @@
+"""A probe job in the scheduler: plain Ray tasks, no slots, a result that names the node."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import ray
+
+from farm.active_job import ActiveJob, Start
+from farm.slots import NODE_LABEL
+from farm.states import TaskRef
+from farm.store import Job
+from pipelines import probe
+from pipelines.probe import ProbeSpec
+from workers.probe import probe as probe_task
+
+if TYPE_CHECKING:
+    from farm.scheduler import Scheduler
+
+# Tasks sent ahead per CPU's worth of capacity: short tasks need many in flight to keep Ray busy,
+# long ones only one behind the running one, so a higher-priority job never waits behind a deep
+# queue Ray already holds. Sized from the task's known length: about a quarter second ahead.
+AHEAD_SECONDS = 0.25
+MAX_AHEAD = 256
+
+_remote = ray.remote(probe_task)
+
+
+class ProbeJob(ActiveJob):
+    kind = "probe"
+
+    def __init__(self, row: Job, tasks: list[TaskRef]) -> None:
+        self.spec = ProbeSpec(**row.spec)
+        super().__init__(row, tasks, self.spec.retries)
+        self.resources = probe.resources(self.spec)
+        self.ahead = max(2, min(MAX_AHEAD, int(AHEAD_SECONDS / max(self.spec.seconds, 1e-3))))
+        self.nodes: dict[str, int] = {}
+
+    def place(self, scheduler: Scheduler, starts: list[Start]) -> None:
+        share = {k: v / self.ahead for k, v in self.resources.items()}
+        while self.queued and scheduler.capacity.fits(share):
+            scheduler.capacity.hold(share)
+            starts.append(Start(self, self.queued.popleft(), None, self.resources, share))
+
+    def launch(self, scheduler: Scheduler, start: Start) -> Any:
+        options: dict[str, Any] = {"num_cpus": self.spec.cpus, "num_gpus": self.spec.gpus}
+        if self.blocked:
+            options["label_selector"] = {NODE_LABEL: f"!in({','.join(sorted(self.blocked))})"}
+        return _remote.options(**options).remote(
+            self.spec.seconds, start.task.attempts, self.spec.fail_first
+        )
+
+    def node_of(self, result: str) -> str:
+        return result
+
+    def succeeded(self, scheduler: Scheduler, task: TaskRef, result: str) -> None:
+        self.nodes[result] = self.nodes.get(result, 0) + 1
+
+    def summary(self) -> dict[str, Any]:
+        return {"nodes": self.nodes}

@@ -1,0 +1,161 @@
+"""Warm render slots shared by every job of the same scene and settings.
+
+A slot is a :class:`~workers.render_slot.RenderSlot` actor with one Blender open on one scene. The
+pool keeps slots across jobs: a trainee who renders the same shot again, or a second job on the same
+scene, finds Blender already open and pays no start-up. Slots are keyed by a :class:`SlotProfile`;
+Blender's settings accumulate inside a session, so only jobs with the very same settings share one.
+A slot is *opening* until Ray has placed it and Blender has opened the scene, *ready* after; it gets
+work only when ready, so a slot Ray cannot place (its node gone, no room elsewhere) strands nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import ray
+
+from workers.blender_session import SessionOptions
+from workers.render_slot import RenderSlot
+
+NODE_LABEL = "ray.io/node-id"
+
+
+@dataclass(frozen=True)
+class SlotProfile:
+    """What makes two jobs' slots interchangeable."""
+
+    scene: str
+    stamp: str  # the scene file's size and mtime: an edited scene needs fresh slots
+    threads: int
+    gpu: bool
+    allow_scripts: bool
+    stall_timeout: float
+    settings: str  # the job's Blender overrides, as canonical JSON
+    lab: str | None = None
+
+    @classmethod
+    def of(
+        cls,
+        scene: Path,
+        threads: int,
+        settings: dict[str, Any],
+        allow_scripts: bool,
+        stall_timeout: float,
+        lab: str | None,
+    ) -> SlotProfile:
+        stat = scene.stat()
+        return cls(
+            scene=str(scene),
+            stamp=f"{stat.st_size}:{stat.st_mtime_ns}",
+            threads=threads,
+            gpu=settings.get("device", "CPU") != "CPU",
+            allow_scripts=allow_scripts,
+            stall_timeout=stall_timeout,
+            settings=json.dumps(settings, sort_keys=True),
+            lab=lab,
+        )
+
+    @property
+    def resources(self) -> dict[str, float]:
+        """What one slot holds while it lives."""
+        held = {"CPU": float(self.threads)}
+        if self.gpu:
+            held["GPU"] = 1.0
+        if self.lab:
+            held[lab_resource(self.lab)] = LAB_SHARE
+        return held
+
+
+def lab_resource(lab: str) -> str:
+    """The Ray resource a lab's nodes advertise (``ray start --resources '{"film_lab": 1}'``)."""
+    return f"{lab}_lab"
+
+
+LAB_SHARE = 0.001  # what one task asks of its lab's resource: a node's 1 admits 1000 at once
+
+
+@dataclass(eq=False)
+class Slot:
+    """One warm Blender on one node."""
+
+    actor: Any
+    profile: SlotProfile
+    opening: Any  # the ObjectRef of its open() call while opening, else None
+    node: str = ""
+    info: dict[str, Any] = field(default_factory=dict)
+    load: int = 0  # tasks sent to it and not yet back
+    idle_since: float = field(default_factory=time.monotonic)
+
+    @property
+    def ready(self) -> bool:
+        return self.opening is None
+
+
+class SlotPool:
+    """Every slot the scheduler holds, by profile."""
+
+    def __init__(self, blender: str, progress: Any) -> None:
+        self.blender = blender
+        self.progress = progress
+        self.slots: list[Slot] = []
+
+    def create(self, profile: SlotProfile, avoid: set[str] | frozenset[str] = frozenset()) -> Slot:
+        """Start a slot (placed by Ray, never on a node in ``avoid``); it opens in the background."""
+        session = SessionOptions(
+            blender=self.blender,
+            scene=Path(profile.scene),
+            threads=profile.threads,
+            allow_scripts=profile.allow_scripts,
+            stall_timeout=profile.stall_timeout,
+        )
+        options: dict[str, Any] = {
+            "num_cpus": profile.threads,
+            "num_gpus": 1 if profile.gpu else 0,
+        }
+        if profile.lab:
+            options["resources"] = {lab_resource(profile.lab): LAB_SHARE}
+        if avoid:
+            options["label_selector"] = {NODE_LABEL: f"!in({','.join(sorted(avoid))})"}
+        actor = (
+            ray.remote(RenderSlot)
+            .options(**options)
+            .remote(session, json.loads(profile.settings), self.progress)
+        )
+        slot = Slot(actor, profile, opening=actor.open.remote())
+        self.slots.append(slot)
+        return slot
+
+    def opened(self, slot: Slot, info: dict[str, Any]) -> None:
+        slot.opening, slot.info, slot.node = None, info, info["node"]
+        slot.idle_since = time.monotonic()
+
+    def remove(self, slot: Slot, graceful: bool = False) -> None:
+        """End a slot; gracefully lets an idle Blender quit and tidy up (a busy one dies with its
+        worker anyway)."""
+        if slot in self.slots:
+            self.slots.remove(slot)
+        if graceful and slot.ready:
+            ray.wait([slot.actor.close.remote()], timeout=5)
+        ray.kill(slot.actor)
+
+    def usable(self, profile: SlotProfile, avoid: set[str], depth: int) -> list[Slot]:
+        """Ready slots of ``profile`` off the nodes in ``avoid`` with room in their queue."""
+        return [
+            s
+            for s in self.slots
+            if s.profile == profile and s.ready and s.load < depth and s.node not in avoid
+        ]
+
+    def of(self, profile: SlotProfile) -> list[Slot]:
+        return [s for s in self.slots if s.profile == profile]
+
+    def close_all(self, graceful: bool = True) -> None:
+        idle = [s for s in self.slots if s.ready and s.load == 0] if graceful else []
+        if idle:
+            ray.wait([s.actor.close.remote() for s in idle], num_returns=len(idle), timeout=5)
+        for slot in list(self.slots):
+            self.remove(slot)

@@ -1,0 +1,97 @@
+"""Adding a validated job to the store: the one path for the CLI's embedded farm and the server."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import insert, select
+from sqlalchemy.orm import Session
+
+from farm.errors import FarmError
+from farm.states import State
+from farm.store import Job, Task
+from pipelines import probe
+from pipelines.probe import ProbeSpec
+from pipelines.render import RenderSpec
+
+PRIORITY_RANGE = (0, 100)
+
+
+def _job(
+    db: Session,
+    kind: str,
+    name: str,
+    owner: str,
+    spec: dict[str, Any],
+    priority: int,
+    after: list[int],
+) -> Job:
+    low, high = PRIORITY_RANGE
+    if not low <= priority <= high:
+        raise FarmError(f"--priority must be between {low} and {high}, got {priority}")
+    after = sorted(set(after))
+    if after:
+        found = set(db.scalars(select(Job.id).where(Job.id.in_(after))))
+        missing = [j for j in after if j not in found]
+        if missing:
+            raise FarmError(f"--after {missing[0]}: no such job")
+    job = Job(
+        kind=kind,
+        name=name[:256],
+        owner=owner,
+        state=State.QUEUED.value,
+        priority=priority,
+        spec=spec,
+        depends_on=after,
+        blocked_nodes=[],
+    )
+    db.add(job)
+    db.flush()
+    return job
+
+
+def render(
+    db: Session,
+    spec: RenderSpec,
+    run: dict[str, Any],
+    owner: str,
+    priority: int = 50,
+    after: list[int] | None = None,
+) -> int:
+    """A render job; its tasks are added once a slot has opened the scene and the job is planned.
+    ``run`` says how it uses the cluster: threads per slot, a cap on slots, stall timeout, lab."""
+    job = _job(
+        db, "render", spec.scene.name, owner, {**spec.as_json(), "run": run}, priority, after or []
+    )
+    db.commit()
+    return job.id
+
+
+def probe_job(
+    db: Session, spec: ProbeSpec, owner: str, priority: int = 50, after: list[int] | None = None
+) -> int:
+    """A probe job with all its tasks, in one transaction."""
+    job = _job(
+        db,
+        "probe",
+        f"probe {spec.tasks}×{spec.seconds:g}s",
+        owner,
+        spec.as_json(),
+        priority,
+        after or [],
+    )
+    db.execute(
+        insert(Task),
+        [
+            {
+                "job_id": job.id,
+                "key": key,
+                "state": State.QUEUED.value,
+                "attempts": 0,
+                "payload": payload,
+            }
+            for key, payload in probe.expand(spec)
+        ],
+    )
+    db.commit()
+    return job.id
