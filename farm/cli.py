@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -12,99 +13,29 @@ import click
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
-from sqlalchemy.orm import Session
 
 from farm import __version__, embedded
+from farm.cli_lab import COMMANDS, FINISHED, POLL, submit_render, watch_job
+from farm.cli_options import render_options
+from farm.client import server_url
 from farm.config import SlotLayout, farm_home, find_blender
 from farm.display import JobDisplay
 from farm.embedded import RunOptions, RunSummary
 from farm.errors import FarmError, RenderFailed
-from farm.jobs import job_logs, job_status, list_jobs
-from farm.store import open_store, session
+from farm.views import Farm, RemoteFarm, connect
 from pipelines.render import RenderRequest, validate
 
 EXAMPLE_BUILDER = Path(__file__).resolve().parent.parent / "examples" / "build_shot.py"
 
 
-def render_options(function: Any) -> Any:
-    """The options shared by ``farm render`` and ``farm demo``."""
-    options = [
-        click.option(
-            "--frames",
-            "-f",
-            help="Frames: 1-24, 1-100x5 (every 5th), 1,5,10-12. Default: the scene's range.",
-        ),
-        click.option("--chunk", type=int, default=1, show_default=True, help="Frames per task."),
-        click.option(
-            "--tiles",
-            default="auto",
-            show_default=True,
-            help="auto (tile only when fewer frames than free slots remain), none, a grid 4x3, or 256px.",
-        ),
-        click.option(
-            "--overscan",
-            type=int,
-            default=0,
-            show_default=True,
-            help="Pixels rendered around each tile and cropped away.",
-        ),
-        click.option(
-            "--output",
-            "-o",
-            help="Output pattern, # = frame digits. Default: renders/SCENE_####.exr",
-        ),
-        click.option(
-            "--format",
-            "fmt",
-            type=click.Choice(["exr", "png", "jpeg"]),
-            help="Output type (else from -o).",
-        ),
-        click.option("--samples", type=int, help="Cycles samples (default: the scene's)."),
-        click.option("--seed", type=int, help="Cycles seed (default: the scene's)."),
-        click.option("--resolution", help="WIDTHxHEIGHT (default: the scene's)."),
-        click.option("--engine", help="Render engine (default: the scene's), e.g. CYCLES."),
-        click.option(
-            "--device",
-            default="CPU",
-            show_default=True,
-            help="CPU, or CUDA/OPTIX/HIP/ONEAPI/METAL on GPU nodes.",
-        ),
-        click.option(
-            "--compression", help="EXR codec, e.g. ZIP, PIZ, DWAA (default: the scene's)."
-        ),
-        click.option(
-            "--allow-scripts", is_flag=True, help="Let Python scripts embedded in the .blend run."
-        ),
-        click.option(
-            "--retries", type=int, default=2, show_default=True, help="Retries of a failed task."
-        ),
-        click.option(
-            "--slots",
-            type=int,
-            help="Blenders running at once (default: one per 2 cores; $FARM_SLOTS).",
-        ),
-        click.option(
-            "--threads",
-            type=int,
-            help="Render threads per Blender (default: cores / slots; $FARM_THREADS).",
-        ),
-        click.option(
-            "--stall-timeout",
-            type=float,
-            default=600.0,
-            show_default=True,
-            help="Seconds Blender may print nothing before the attempt fails.",
-        ),
-        click.option(
-            "--json", "as_json", is_flag=True, help="Print a machine-readable summary on stdout."
-        ),
-    ]
-    for option in reversed(options):
-        function = option(function)
-    return function
-
-
 def _render(scene: str, kwargs: dict[str, Any]) -> None:
+    if server_url():  # lab mode: the server renders; follow it here as if it ran here
+        as_json = kwargs.pop("as_json")
+        job = submit_render({"scene": scene, **kwargs, "after": ()})
+        info = watch_job(RemoteFarm(server_url() or ""), job, as_json)
+        if info["state"] != "done":
+            raise RenderFailed(f"job {job} is {info['state']}")
+        return
     as_json = kwargs.pop("as_json")
     slots, threads = kwargs.pop("slots"), kwargs.pop("threads")
     stall_timeout = kwargs.pop("stall_timeout")
@@ -134,8 +65,9 @@ def _finish(summary: RunSummary, as_json: bool) -> None:
 def cli() -> None:
     """CREIC lab farm: render Blender shots in tiles across the lab's nodes.
 
-    Without a server configured, every command runs an embedded farm on this machine (a local Ray,
-    nothing to start by hand).
+    Without a server configured, `farm render` runs an embedded farm on this machine (a local Ray,
+    nothing to start by hand) and `farm jobs`, `status` and `logs` read its store. With FARM_URL set
+    (or after `farm login URL`) every command talks to the lab's farm server.
     """
 
 
@@ -199,19 +131,12 @@ def demo(scene_out: str | None, **kwargs: Any) -> None:
         )
 
 
-def _local_store() -> Session | None:
-    """The embedded farm's store; None where no job has run yet (nothing is created to read)."""
-    path = farm_home() / "farm.db"
-    return session(open_store(f"sqlite:///{path.absolute()}")) if path.exists() else None
-
-
 @cli.command()
 @click.option("--limit", type=click.IntRange(1, 10_000), default=50, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the jobs as a JSON list.")
 def jobs(limit: int, as_json: bool) -> None:
     """List the newest jobs, with their tasks by state."""
-    db = _local_store()
-    rows = list_jobs(db, limit) if db else []
+    rows = connect().jobs(limit)
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
@@ -237,10 +162,7 @@ def jobs(limit: int, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the status as a JSON object.")
 def status(job: int, as_json: bool) -> None:
     """Show JOB's state and its tasks by state."""
-    db = _local_store()
-    if db is None:
-        raise FarmError(f"no job {job}")
-    info = job_status(db, job)
+    info = connect().status(job)
     if as_json:
         click.echo(json.dumps(info, indent=2))
         return
@@ -256,14 +178,15 @@ def status(job: int, as_json: bool) -> None:
 @cli.command()
 @click.argument("job", type=int)
 @click.option("--task", "task_key", help="Only this task, e.g. f12 or f12.t3.")
+@click.option(
+    "--follow", "-f", is_flag=True, help="Then print what happens to the job until it ends."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the attempts as a JSON list.")
-def logs(job: int, task_key: str | None, as_json: bool) -> None:
+def logs(job: int, task_key: str | None, follow: bool, as_json: bool) -> None:
     """Show every attempt of JOB's tasks: where it ran, how it ended, and Blender's last lines."""
-    db = _local_store()
-    if db is None:
-        raise FarmError(f"no job {job}")
-    attempts = job_logs(db, job, task_key)
-    if as_json:
+    farm = connect()
+    attempts = farm.logs(job, task_key)
+    if as_json and not follow:
         click.echo(json.dumps(attempts, indent=2))
         return
     console = Console()
@@ -275,6 +198,31 @@ def logs(job: int, task_key: str | None, as_json: bool) -> None:
         )
         if attempt["log"]:
             console.print(attempt["log"], markup=False, highlight=False)
+    if follow:
+        follow_events(farm, job, task_key, as_json)
+
+
+def follow_events(farm: Farm, job: int, task_key: str | None, as_json: bool) -> None:
+    """Print the job's events as they happen (one JSON object a line with --json) until it ends."""
+    seen = 0
+    while True:
+        for event in farm.events(job, seen):
+            seen = event["id"]
+            if task_key is not None and event["task"] not in (None, task_key):
+                continue
+            if as_json:
+                click.echo(json.dumps(event))
+                continue
+            what = event["task"] or (f"frame {event['frame']}" if event["frame"] else f"job {job}")
+            message = f": {event['message']}" if event["message"] else ""
+            click.echo(f"{event['at'][11:19]} {what} {event['kind']}{message}")
+        if farm.status(job)["state"] in FINISHED and not farm.events(job, seen):
+            return
+        time.sleep(POLL)
+
+
+for command in COMMANDS:
+    cli.add_command(command)
 
 
 def main() -> None:

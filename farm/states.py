@@ -215,11 +215,12 @@ def end(db: Session, endings: Sequence[Ending]) -> None:
             )
             db.add(TaskLog(attempt_id=attempt_id, text=ending.error))
         if ending.state is not State.DONE:
+            retry = ending.state is State.QUEUED and ending.attempt_status != "lost"
             db.add(
                 Event(
                     job_id=ending.task.job_id,
                     task_id=ending.task.id,
-                    kind=ending.state.value,
+                    kind="retry" if retry else ending.state.value,
                     message=ending.error.splitlines()[0] if ending.error else "",
                 )
             )

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import os
 import shutil
+import signal
+import socket
 import subprocess
+import sys
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 
+import httpx
 import numpy as np
 import OpenImageIO as oiio
 import pytest
@@ -147,3 +153,62 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
         connection.execute(sqlalchemy.text("DROP SCHEMA public CASCADE; CREATE SCHEMA public"))
     engine.dispose()
     return url
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class FarmServer:
+    """A real ``farm server`` process on a loopback port, with a store of its own."""
+
+    def __init__(self, data: Path, db: str | None = None) -> None:
+        self.data, self.db = data, db
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.process: subprocess.Popen[str] | None = None
+
+    def start(self, timeout: float = 60.0) -> FarmServer:
+        command = [sys.executable, "-m", "farm", "server", "--port", str(self.port)]
+        command += ["--data-dir", str(self.data), "--ray-address", "local"]
+        if self.db:
+            command += ["--db", self.db]
+        log = (self.data.parent / f"server-{self.port}.log").open("a")
+        self.process = subprocess.Popen(
+            command, stdout=log, stderr=subprocess.STDOUT, text=True, start_new_session=True
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.process.poll() is None, self.log()
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{self.url}/api/v1/health", timeout=1).status_code == 200:
+                    return self
+            time.sleep(0.2)
+        raise AssertionError(f"the farm server did not answer in {timeout} s:\n{self.log()}")
+
+    def log(self) -> str:
+        return (self.data.parent / f"server-{self.port}.log").read_text()
+
+    def kill(self) -> None:
+        """SIGKILL the server and everything it started (its Ray, its Blenders)."""
+        if self.process is not None and self.process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.process.wait(timeout=30)
+        self.kill()
+
+
+@pytest.fixture(scope="module")
+def farm_server(tmp_path_factory: pytest.TempPathFactory):
+    """One real farm server (and its own local Ray) for a test module."""
+    server = FarmServer(tmp_path_factory.mktemp("server") / "data").start()
+    yield server
+    server.stop()

@@ -1,0 +1,254 @@
+"""The farm's HTTP API, version 1: JSON in and out, its OpenAPI spec at ``/openapi.json``.
+
+Reads go straight to the store (SQLite in WAL mode lets them run beside the scheduler's writes);
+submissions are validated and stored here, then handed to the scheduler; everything that changes a
+state (cancel, pause, resume, retry) runs on the scheduler's thread. Every refusal is a 4xx whose
+``detail`` is one line naming the problem.
+"""
+
+import getpass
+import time
+from collections.abc import Iterator
+from typing import Annotated, Any
+
+import ray
+from fastapi import Depends, FastAPI, Header, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session
+
+from farm import __version__, submit
+from farm.errors import FarmError
+from farm.jobs import job_events, job_logs, job_status, job_tasks, list_jobs
+from farm.scheduler import Scheduler
+from farm.slots import lab_resource
+from farm.store import session
+from pipelines import probe, render
+from pipelines.probe import ProbeSpec
+from pipelines.render import RenderRequest
+
+PREFIX = "/api/v1"
+USER_HEADER = "X-Farm-User"  # who submits, until the farm has accounts and tokens
+Text = Annotated[str, Field(max_length=4096)]
+Short = Annotated[str, Field(max_length=64)]
+Lab = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,31}$")]
+
+
+class Submission(BaseModel):
+    """What every job type's submission carries besides its own spec."""
+
+    model_config = ConfigDict(extra="forbid")
+    priority: int = Field(50, ge=0, le=100, description="Higher runs first.")
+    after: list[Annotated[int, Field(ge=1, le=2**62)]] = Field(
+        default_factory=list, max_length=100, description="Jobs that must be done first."
+    )
+
+
+class RenderSubmission(Submission):
+    """``farm submit render``: the options of ``farm render``; paths as the server sees them."""
+
+    scene: Text
+    frames: Text | None = None
+    chunk: int = Field(1, ge=1, le=1_000_000)
+    tiles: Short = "auto"
+    overscan: int = Field(0, ge=0, le=65_536)
+    output: Text | None = None
+    format: Short | None = None
+    samples: int | None = Field(None, ge=1, le=1_000_000)
+    seed: int | None = Field(None, ge=0, le=2**31 - 1)
+    resolution: Short | None = None
+    engine: Short | None = None
+    device: Short = "CPU"
+    compression: Short | None = None
+    allow_scripts: bool = False
+    retries: int = Field(2, ge=0, le=100)
+    slots: int | None = Field(None, ge=1, le=4096, description="Most slots the job may hold.")
+    threads: int = Field(2, ge=1, le=1024, description="Render threads (CPUs) per slot.")
+    stall_timeout: float = Field(600.0, gt=0, le=86_400)
+    lab: Lab | None = None
+
+
+class ProbeSubmission(Submission):
+    """``farm submit probe``: N tasks that hold a slot for a while and say where they ran."""
+
+    tasks: int = Field(1, ge=1, le=probe.MAX_TASKS)
+    seconds: float = Field(0.0, ge=0, le=86_400)
+    cpus: float = Field(1.0, gt=0, le=1024)
+    gpus: float = Field(0.0, ge=0, le=64)
+    fail_first: int = Field(0, ge=0, le=100)
+    retries: int = Field(2, ge=0, le=100)
+
+
+class TaskChoice(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    task: Short | None = Field(None, description="One task (e.g. f12.t3); none: the whole job.")
+
+
+class Accepted(BaseModel):
+    id: int
+    state: str
+
+
+class Changed(BaseModel):
+    id: int
+    result: str
+
+
+class Cluster:
+    """What the Ray cluster offers, read at most every couple of seconds for submissions."""
+
+    def __init__(self) -> None:
+        self._nodes: list[dict[str, Any]] = []
+        self._read = 0.0
+
+    def nodes(self) -> list[dict[str, Any]]:
+        if time.monotonic() - self._read > 2.0:
+            self._nodes = [n for n in ray.nodes() if n.get("Alive")]
+            self._read = time.monotonic()
+        return self._nodes
+
+    def check(self, cpus: float, gpus: float, lab: str | None) -> None:
+        """Refuse work no node of the cluster could ever run."""
+        nodes = self.nodes()
+        if lab is not None:
+            nodes = [n for n in nodes if n["Resources"].get(lab_resource(lab), 0) > 0]
+            if not nodes:
+                raise FarmError(f"no node of the {lab} lab has joined the cluster")
+        if not any(
+            n["Resources"].get("CPU", 0) >= cpus and n["Resources"].get("GPU", 0) >= gpus
+            for n in nodes
+        ):
+            most = max((n["Resources"].get("CPU", 0) for n in nodes), default=0)
+            gpu = max((n["Resources"].get("GPU", 0) for n in nodes), default=0)
+            raise FarmError(
+                f"no node has {cpus:g} CPUs and {gpus:g} GPUs (the largest has {most:g} CPUs, "
+                f"and the most GPUs on one node is {gpu:g})"
+            )
+
+
+def create_app(engine: Engine, scheduler: Scheduler) -> FastAPI:
+    """The API over ``engine``'s store, handing work to ``scheduler``."""
+    app = FastAPI(
+        title="CREIC lab farm",
+        version=__version__,
+        description="Render farm and ML job scheduler of the CREIC Film Lab and Work 4.0 Lab.",
+    )
+    cluster = Cluster()
+
+    def db() -> Iterator[Session]:
+        with session(engine) as opened:
+            yield opened
+
+    Db = Annotated[Session, Depends(db)]
+    User = Annotated[str | None, Header(alias=USER_HEADER, max_length=64)]
+
+    @app.exception_handler(FarmError)
+    async def refused(_: Request, error: FarmError) -> JSONResponse:
+        status = 404 if str(error).startswith("no job ") else 400
+        return JSONResponse({"detail": str(error)}, status_code=status)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_: Request, error: RequestValidationError) -> JSONResponse:
+        first = error.errors()[0]
+        where = ".".join(str(p) for p in first["loc"] if p not in ("body", "query", "path"))
+        message = first["msg"]
+        return JSONResponse(
+            {"detail": f"{where}: {message}" if where else message, "errors": len(error.errors())},
+            status_code=422,
+        )
+
+    def owner(user: str | None) -> str:
+        return (user or "").strip() or getpass.getuser()
+
+    @app.get(f"{PREFIX}/health")
+    def health() -> dict[str, Any]:
+        return {"ok": True, "version": __version__}
+
+    @app.post(f"{PREFIX}/jobs/render", status_code=201)
+    def submit_render(body: RenderSubmission, db: Db, user: User = None) -> Accepted:
+        fields = body.model_dump(
+            exclude={"priority", "after", "slots", "threads", "stall_timeout", "lab"}
+        )
+        spec = render.validate(RenderRequest(**fields))
+        gpu = spec.overrides.get("device", "CPU") != "CPU"
+        cluster.check(body.threads, 1 if gpu else 0, body.lab)
+        run = {
+            "threads": body.threads,
+            "slots": body.slots,
+            "stall_timeout": body.stall_timeout,
+            "lab": body.lab,
+        }
+        job_id = submit.render(db, spec, run, owner(user), body.priority, body.after)
+        scheduler.notify(job_id)
+        return Accepted(id=job_id, state="queued")
+
+    @app.post(f"{PREFIX}/jobs/probe", status_code=201)
+    def submit_probe(body: ProbeSubmission, db: Db, user: User = None) -> Accepted:
+        spec = probe.validate(ProbeSpec(**body.model_dump(exclude={"priority", "after"})))
+        cluster.check(spec.cpus, spec.gpus, None)
+        job_id = submit.probe_job(db, spec, owner(user), body.priority, body.after)
+        scheduler.notify(job_id)
+        return Accepted(id=job_id, state="queued")
+
+    @app.get(f"{PREFIX}/jobs")
+    def jobs(db: Db, limit: Annotated[int, Query(ge=1, le=10_000)] = 50) -> list[dict[str, Any]]:
+        return list_jobs(db, limit)
+
+    @app.get(f"{PREFIX}/jobs/{{job_id}}")
+    def status(job_id: int, db: Db) -> dict[str, Any]:
+        return job_status(db, job_id)
+
+    @app.get(f"{PREFIX}/jobs/{{job_id}}/tasks")
+    def tasks(job_id: int, db: Db) -> list[dict[str, Any]]:
+        return job_tasks(db, job_id)
+
+    @app.get(f"{PREFIX}/jobs/{{job_id}}/logs")
+    def logs(
+        job_id: int, db: Db, task: Annotated[str | None, Query(max_length=64)] = None
+    ) -> list[dict[str, Any]]:
+        return job_logs(db, job_id, task)
+
+    @app.get(f"{PREFIX}/jobs/{{job_id}}/events")
+    def events(
+        job_id: int,
+        db: Db,
+        after: Annotated[int, Query(ge=0, le=2**62)] = 0,
+        limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
+    ) -> list[dict[str, Any]]:
+        return job_events(db, job_id, after, limit)
+
+    def change(verb: str) -> Any:
+        def endpoint(job_id: int, body: TaskChoice | None = None) -> Changed:
+            choice = body.task if body else None
+            result = scheduler.call(getattr(scheduler, verb), job_id, choice)
+            return Changed(id=job_id, result=result)
+
+        endpoint.__name__ = verb
+        return endpoint
+
+    for verb in ("cancel", "pause", "resume", "retry"):
+        app.post(f"{PREFIX}/jobs/{{job_id}}/{verb}", name=verb)(change(verb))
+
+    @app.get(f"{PREFIX}/nodes")
+    def nodes() -> list[dict[str, Any]]:
+        work = scheduler.call(scheduler.node_work)
+        rows = []
+        for node in ray.nodes():
+            resources = node.get("Resources", {})
+            rows.append(
+                {
+                    "id": node["NodeID"],
+                    "host": node.get("NodeManagerHostname", ""),
+                    "address": node.get("NodeManagerAddress", ""),
+                    "alive": bool(node.get("Alive")),
+                    "cpus": resources.get("CPU", 0),
+                    "gpus": resources.get("GPU", 0),
+                    "labs": sorted(k.removesuffix("_lab") for k in resources if k.endswith("_lab")),
+                    **work.get(node["NodeID"], {"running": 0, "slots": []}),
+                }
+            )
+        return rows
+
+    return app

@@ -1,0 +1,262 @@
+"""The ``farm`` commands of lab mode: the server, and the client side of it (submit, watch, control
+jobs, nodes, login). Registered on the ``farm`` group by :mod:`farm.cli`."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from farm.cli_options import json_option, render_options
+from farm.client import config_file
+from farm.client import login as save_login
+from farm.errors import FarmError, RenderFailed
+from farm.views import Farm, connect, remote
+
+POLL = 0.5  # seconds between reads of a watched job
+FINISHED = ("done", "failed", "cancelled")
+
+
+def _echo_json(value: Any) -> None:
+    click.echo(json.dumps(value, indent=2))
+
+
+def submission(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The API body for the render options as the CLI parsed them; paths made absolute here, so
+    the server reads and writes what the user named (on storage both can see)."""
+    body = {k: v for k, v in kwargs.items() if v is not None}
+    body["format"] = body.pop("fmt", None)
+    body["scene"] = str(Path(body["scene"]).expanduser().absolute())
+    if body.get("output"):
+        body["output"] = str(Path(body["output"]).expanduser().absolute())
+    body["after"] = list(body.get("after", ()))
+    return {k: v for k, v in body.items() if v is not None}
+
+
+def submit_render(kwargs: dict[str, Any]) -> int:
+    farm = remote("farm submit render")
+    return farm.client.post("/jobs/render", submission(kwargs))["id"]
+
+
+def lab_options(function: Any) -> Any:
+    """What a job asks of the farm besides its own spec."""
+    for option in reversed(
+        [
+            click.option(
+                "--priority",
+                type=int,
+                default=50,
+                show_default=True,
+                help="0-100; higher runs first.",
+            ),
+            click.option(
+                "--after",
+                type=int,
+                multiple=True,
+                help="Start only once this job is done (repeatable).",
+            ),
+            click.option("--lab", help="Run only on this lab's nodes, e.g. film or ml."),
+        ]
+    ):
+        function = option(function)
+    return function
+
+
+@click.group()
+def submit() -> None:
+    """Send a job to the farm server and print its id at once."""
+
+
+@submit.command("render")
+@click.argument("scene")
+@render_options
+@lab_options
+def submit_render_command(scene: str, **kwargs: Any) -> None:
+    """Queue a render of SCENE on the server (the options of `farm render`)."""
+    as_json = kwargs.pop("as_json")
+    job = submit_render({"scene": scene, **kwargs})
+    if as_json:
+        _echo_json({"id": job, "state": "queued"})
+    else:
+        click.echo(f"job {job} queued; follow it with: farm watch {job}")
+
+
+@submit.command("probe")
+@click.option("--tasks", type=int, default=1, show_default=True, help="How many tasks.")
+@click.option("--seconds", type=float, default=0.0, show_default=True, help="Each task's length.")
+@click.option("--cpus", type=float, default=1.0, show_default=True, help="CPUs each task holds.")
+@click.option("--gpus", type=float, default=0.0, show_default=True, help="GPUs each task holds.")
+@click.option(
+    "--fail-first", type=int, default=0, show_default=True, help="Attempts of each task that fail."
+)
+@click.option("--retries", type=int, default=2, show_default=True, help="Retries of a task.")
+@lab_options
+@json_option
+def submit_probe(as_json: bool, lab: str | None, **kwargs: Any) -> None:
+    """Queue a probe: tasks that hold a slot for a while and report the node that ran them."""
+    if lab is not None:
+        raise FarmError("--lab is for render and training jobs; a probe runs anywhere")
+    kwargs["after"] = list(kwargs["after"])
+    job = remote("farm submit probe").client.post("/jobs/probe", kwargs)["id"]
+    if as_json:
+        _echo_json({"id": job, "state": "queued"})
+    else:
+        click.echo(f"job {job} queued; follow it with: farm watch {job}")
+
+
+def watch_job(farm: Farm, job: int, as_json: bool) -> dict[str, Any]:
+    """Show a job live until it finishes; returns its last status."""
+    console = Console(stderr=True)
+    seen = 0
+    info = farm.status(job)
+    progress = Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("tasks  {task.fields[detail]}"),
+        TimeElapsedColumn(),
+        console=console,
+        transient=False,
+    )
+    with progress:
+        bar = progress.add_task(f"job {job} {info['name']}", total=None, detail="")
+        while True:
+            for event in farm.events(job, seen):
+                seen = event["id"]
+                if event["kind"] in ("failed", "retry") and event["task"]:
+                    word = "retrying" if event["kind"] == "retry" else "failed"
+                    console.print(
+                        f"[yellow]{word} {event['task']}[/]: {escape(event['message'])}",
+                        highlight=False,
+                    )
+                elif event["kind"] == "written" and not console.is_terminal:
+                    console.print(f"wrote {event['message']}", highlight=False)
+            counts = info["tasks"]
+            total = sum(counts.values())
+            detail = ", ".join(f"{n} {s}" for s, n in counts.items() if n and s != "done")
+            progress.update(
+                bar,
+                total=total or None,
+                completed=counts["done"],
+                detail=f"{info['state']}; {detail}" if detail else info["state"],
+            )
+            if info["state"] in FINISHED:
+                break
+            time.sleep(POLL)
+            info = farm.status(job)
+    message = f": {info['message']}" if info["message"] else ""
+    colour = "green" if info["state"] == "done" else "red"
+    console.print(f"job {job}: [{colour}]{info['state']}[/]{escape(message)}", highlight=False)
+    if as_json:
+        _echo_json(info)
+    return info
+
+
+@click.command()
+@click.argument("job", type=int)
+@json_option
+def watch(job: int, as_json: bool) -> None:
+    """Follow JOB live until it finishes; exit 0 if it is done, 1 if not."""
+    info = watch_job(connect(), job, as_json)
+    if info["state"] != "done":
+        raise RenderFailed(f"job {job} is {info['state']}")
+
+
+def _control(verb: str, doc: str) -> click.Command:
+    @click.argument("job", type=int)
+    @click.option("--task", "task", help="Only this task, e.g. f12 or f12.t3.")
+    @json_option
+    def command(job: int, task: str | None, as_json: bool) -> None:
+        result = connect().change(verb, job, task)
+        if as_json:
+            _echo_json({"id": job, "result": result})
+        else:
+            click.echo(f"job {job}: {result}")
+
+    command.__doc__ = doc
+    return click.command(verb)(command)
+
+
+CONTROLS = [
+    _control("cancel", "Cancel JOB (or one --task): queued work never starts, running work stops."),
+    _control(
+        "pause", "Pause JOB (or one queued --task): queued work waits; running work finishes."
+    ),
+    _control("resume", "Resume a paused JOB (or one --task)."),
+    _control(
+        "retry",
+        "Queue JOB's failed and cancelled tasks again (or one --task, even a done one).",
+    ),
+]
+
+
+@click.command()
+@json_option
+def nodes(as_json: bool) -> None:
+    """The Ray nodes of the lab: CPUs, GPUs, labs, and what runs on them."""
+    rows = remote("farm nodes").client.get("/nodes")
+    if as_json:
+        _echo_json(rows)
+        return
+    table = Table("node", "host", "state", "CPUs", "GPUs", "labs", "running", "warm slots")
+    for row in rows:
+        table.add_row(
+            row["id"][:12],
+            row["host"],
+            "[green]alive[/]" if row["alive"] else "[red]gone[/]",
+            f"{row['cpus']:g}",
+            f"{row['gpus']:g}",
+            ", ".join(row["labs"]) or "-",
+            str(row["running"]),
+            ", ".join(row["slots"]) or "-",
+        )
+    Console().print(table)
+
+
+@click.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", type=click.IntRange(1, 65535), default=8765, show_default=True)
+@click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("farm-data"),
+    show_default=True,
+    help="Where the store (farm.db) lives.",
+)
+@click.option("--db", help="Store URL instead, e.g. postgresql+psycopg://farm@db-host/farm.")
+@click.option(
+    "--ray-address",
+    default="auto",
+    show_default=True,
+    help="The Ray cluster to join: auto (this machine's, else a local one), an address, or local.",
+)
+def server(host: str, port: int, data_dir: Path, db: str | None, ray_address: str) -> None:
+    """Run the farm server: the queue, the scheduler and the API, on the head node."""
+    from farm.server import serve  # the server's imports are the client's business only here
+
+    serve(host, port, data_dir, db, ray_address)
+
+
+@click.command()
+@click.argument("url")
+def login(url: str) -> None:
+    """Use the farm server at URL for every later command (saved in ~/.config/farm)."""
+    version = save_login(url)
+    click.echo(f"using the farm server at {url.rstrip('/')} (farm {version})")
+
+
+@click.command()
+def logout() -> None:
+    """Forget the saved server: commands run the embedded farm again (unless FARM_URL is set)."""
+    config_file().unlink(missing_ok=True)
+    click.echo("no farm server saved; commands run the embedded farm")
+
+
+COMMANDS = [submit, watch, *CONTROLS, nodes, server, login, logout]

@@ -1,0 +1,87 @@
+"""Options shared by several ``farm`` commands."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+json_option = click.option(
+    "--json", "as_json", is_flag=True, help="Print a machine-readable JSON result on stdout."
+)
+
+
+def render_options(function: Any) -> Any:
+    """The options of a render: ``farm render``, ``farm demo`` and ``farm submit render``."""
+    options = [
+        click.option(
+            "--frames",
+            "-f",
+            help="Frames: 1-24, 1-100x5 (every 5th), 1,5,10-12. Default: the scene's range.",
+        ),
+        click.option("--chunk", type=int, default=1, show_default=True, help="Frames per task."),
+        click.option(
+            "--tiles",
+            default="auto",
+            show_default=True,
+            help="auto (tile only when fewer frames than free slots remain), none, a grid 4x3, or 256px.",
+        ),
+        click.option(
+            "--overscan",
+            type=int,
+            default=0,
+            show_default=True,
+            help="Pixels rendered around each tile and cropped away.",
+        ),
+        click.option(
+            "--output",
+            "-o",
+            help="Output pattern, # = frame digits. Default: renders/SCENE_####.exr",
+        ),
+        click.option(
+            "--format",
+            "fmt",
+            type=click.Choice(["exr", "png", "jpeg"]),
+            help="Output type (else from -o).",
+        ),
+        click.option("--samples", type=int, help="Cycles samples (default: the scene's)."),
+        click.option("--seed", type=int, help="Cycles seed (default: the scene's)."),
+        click.option("--resolution", help="WIDTHxHEIGHT (default: the scene's)."),
+        click.option("--engine", help="Render engine (default: the scene's), e.g. CYCLES."),
+        click.option(
+            "--device",
+            default="CPU",
+            show_default=True,
+            help="CPU, or CUDA/OPTIX/HIP/ONEAPI/METAL on GPU nodes.",
+        ),
+        click.option(
+            "--compression", help="EXR codec, e.g. ZIP, PIZ, DWAA (default: the scene's)."
+        ),
+        click.option(
+            "--allow-scripts", is_flag=True, help="Let Python scripts embedded in the .blend run."
+        ),
+        click.option(
+            "--retries", type=int, default=2, show_default=True, help="Retries of a failed task."
+        ),
+        click.option(
+            "--slots",
+            type=int,
+            help="Blenders running at once (default: one per 2 cores here, any free on a server; $FARM_SLOTS).",
+        ),
+        click.option(
+            "--threads",
+            type=int,
+            help="Render threads per Blender (default: cores / slots here, 2 on a server; $FARM_THREADS).",
+        ),
+        click.option(
+            "--stall-timeout",
+            type=float,
+            default=600.0,
+            show_default=True,
+            help="Seconds Blender may print nothing before the attempt fails.",
+        ),
+        json_option,
+    ]
+    for option in reversed(options):
+        function = option(function)
+    return function

@@ -1,0 +1,80 @@
+"""The CLI's side of the API: where the server is, and one-line errors for everything that fails.
+
+The server is ``$FARM_URL``, else the one ``farm login URL`` saved in ``~/.config/farm/client.json``;
+with neither, the CLI runs the embedded farm.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from farm.api import PREFIX, USER_HEADER
+from farm.errors import FarmError
+
+TIMEOUT = 30.0
+
+
+def config_file() -> Path:
+    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(base) / "farm" / "client.json"
+
+
+def server_url() -> str | None:
+    """The configured server, or None for the embedded farm."""
+    if os.environ.get("FARM_URL"):
+        return os.environ["FARM_URL"].rstrip("/")
+    try:
+        return json.loads(config_file().read_text())["url"]
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+class Client:
+    """Calls to one farm server as this OS user."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url.rstrip("/")
+        self.http = httpx.Client(
+            base_url=self.url + PREFIX,
+            timeout=TIMEOUT,
+            headers={USER_HEADER: getpass.getuser()},
+        )
+
+    def call(self, method: str, path: str, **kwargs: Any) -> Any:
+        try:
+            response = self.http.request(method, path, **kwargs)
+        except httpx.HTTPError as error:
+            raise FarmError(f"cannot reach the farm server at {self.url}: {error}") from None
+        if response.status_code >= 400:
+            try:
+                detail = response.json().get("detail")
+            except ValueError:
+                detail = None
+            if response.status_code >= 500 or not detail:
+                detail = f"the farm server at {self.url} answered {response.status_code}"
+            raise FarmError(str(detail))
+        return response.json()
+
+    def get(self, path: str, **params: Any) -> Any:
+        return self.call("GET", path, params={k: v for k, v in params.items() if v is not None})
+
+    def post(self, path: str, body: dict[str, Any] | None = None) -> Any:
+        return self.call("POST", path, json=body)
+
+
+def login(url: str) -> str:
+    """Check that ``url`` is a farm server and remember it for later commands."""
+    url = url.rstrip("/")
+    if not url.startswith(("http://", "https://")):
+        raise FarmError(f"{url!r} is not a server address: give one like http://head-node:8765")
+    health = Client(url).get("/health")
+    path = config_file()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"url": url}) + "\n")
+    return str(health.get("version", "?"))
