@@ -1,0 +1,84 @@
+"""The server killed with SIGKILL mid-job and started again: the job goes on from the store."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from pathlib import Path
+
+import httpx
+import psutil
+from sqlalchemy import select
+
+from farm.store import Attempt, Job, Task, open_store, session
+from farm.store import Event as StoreEvent
+from tests.conftest import FarmServer
+
+
+def wait_for(predicate, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def blenders_on(scene: Path) -> list[psutil.Process]:
+    return [
+        p
+        for p in psutil.process_iter(["name", "cmdline"])
+        if "blender" in (p.info["name"] or "") and str(scene) in " ".join(p.info["cmdline"] or [])
+    ]
+
+
+def test_a_server_killed_mid_job_goes_on_from_the_store(make_scene, tmp_path) -> None:
+    scene = make_scene(96, 54, samples=300, frames=8)  # ~0.7 s a frame on one thread
+    data = tmp_path / "data"
+    out = tmp_path / "out"
+    server = FarmServer(data).start()
+    try:
+        api = f"{server.url}/api/v1"
+        body = {"scene": str(scene), "output": str(out / "f_####.exr"), "tiles": "none"}
+        job = httpx.post(f"{api}/jobs/render", json={**body, "threads": 1}).json()["id"]
+        written = wait_for(
+            lambda: [
+                e for e in httpx.get(f"{api}/jobs/{job}/events").json() if e["kind"] == "written"
+            ][2:],
+            timeout=120,
+            what="three frames written",
+        )
+        assert written
+        server.kill()  # SIGKILL: no goodbye, attempts left running in the store
+        before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+        wait_for(lambda: not blenders_on(scene), 10, "the killed server's Blenders to die")
+
+        db = session(open_store(f"sqlite:///{data / 'farm.db'}"))
+        assert db.scalars(select(Task.state).where(Task.job_id == job)).all().count("running") >= 1
+
+        server.start()
+        wait_for(
+            lambda: httpx.get(f"{api}/jobs/{job}").json()["state"] in ("done", "failed"),
+            timeout=180,
+            what="the job to finish after the restart",
+        )
+        status = httpx.get(f"{api}/jobs/{job}").json()
+        assert status["state"] == "done", status
+        assert sorted(p.name for p in out.iterdir()) == [f"f_{f:04d}.exr" for f in range(1, 9)]
+        for name, mtime in before.items():  # frames on disk before the kill were not redone
+            assert (out / name).stat().st_mtime_ns == mtime
+
+        db.expire_all()
+        frames = db.scalars(
+            select(StoreEvent.frame).where(StoreEvent.job_id == job, StoreEvent.kind == "written")
+        )
+        assert Counter(frames) == Counter(range(1, 9))  # every frame written exactly once
+        attempts = db.execute(
+            select(Task.key, Attempt.status).join(Attempt).where(Task.job_id == job)
+        ).all()
+        assert "running" not in {status for _, status in attempts}
+        assert "lost" in {status for _, status in attempts}  # the attempts the kill cut short
+        assert db.get(Job, job).state == "done"
+    finally:
+        server.stop()
