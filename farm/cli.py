@@ -199,26 +199,50 @@ def logs(job: int, task_key: str | None, follow: bool, as_json: bool) -> None:
         if attempt["log"]:
             console.print(attempt["log"], markup=False, highlight=False)
     if follow:
-        follow_events(farm, job, task_key, as_json)
+        shown = {(a["task"], a["attempt"]): len(a["log"]) for a in attempts}
+        follow_job(farm, job, task_key, as_json, shown)
 
 
-def follow_events(farm: Farm, job: int, task_key: str | None, as_json: bool) -> None:
-    """Print the job's events as they happen (one JSON object a line with --json) until it ends."""
+def follow_job(
+    farm: Farm, job: int, task_key: str | None, as_json: bool, shown: dict[tuple[str, int], int]
+) -> None:
+    """Print the job's events and its tasks' new output as they come (one JSON object a line with
+    --json) until the job ends."""
     seen = 0
     while True:
+        finished = farm.status(job)["state"] in FINISHED
         for event in farm.events(job, seen):
             seen = event["id"]
-            if task_key is not None and event["task"] not in (None, task_key):
-                continue
-            if as_json:
-                click.echo(json.dumps(event))
-                continue
-            what = event["task"] or (f"frame {event['frame']}" if event["frame"] else f"job {job}")
-            message = f": {event['message']}" if event["message"] else ""
-            click.echo(f"{event['at'][11:19]} {what} {event['kind']}{message}")
-        if farm.status(job)["state"] in FINISHED and not farm.events(job, seen):
+            if task_key is None or event["task"] in (None, task_key):
+                _print_event(job, event, as_json)
+        for attempt in farm.logs(job, task_key):
+            where = (attempt["task"], attempt["attempt"])
+            new = attempt["log"][shown.get(where, 0) :]
+            shown[where] = len(attempt["log"])
+            if new.strip():
+                _print_output(attempt, new.strip("\n"), as_json)
+        if finished:
             return
         time.sleep(POLL)
+
+
+def _print_event(job: int, event: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps(event))
+        return
+    what = event["task"] or (f"frame {event['frame']}" if event["frame"] else f"job {job}")
+    message = f": {event['message']}" if event["message"] else ""
+    click.echo(f"{event['at'][11:19]} {what} {event['kind']}{message}")
+
+
+def _print_output(attempt: dict[str, Any], text: str, as_json: bool) -> None:
+    if as_json:
+        click.echo(
+            json.dumps({"task": attempt["task"], "attempt": attempt["attempt"], "output": text})
+        )
+        return
+    prefix = f"{attempt['task']}#{attempt['attempt']} | "
+    click.echo("\n".join(prefix + line for line in text.splitlines()))
 
 
 for command in COMMANDS:

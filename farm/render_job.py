@@ -201,7 +201,9 @@ class RenderJob(ActiveJob):
 
     def launch(self, scheduler: Scheduler, start: Start) -> Any:
         assert start.slot is not None
-        return start.slot.actor.render.remote(self.render_task(start.task), f"{self.id}/")
+        # Progress and output reach the channel as "job/attempt/task".
+        channel = f"{self.id}/{start.task.attempts}/"
+        return start.slot.actor.render.remote(self.render_task(start.task), channel)
 
     # Results.
 

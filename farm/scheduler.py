@@ -36,7 +36,7 @@ from farm.probe_job import ProbeJob
 from farm.render_job import RenderJob, written_frames
 from farm.slots import Slot, SlotPool, SlotProfile
 from farm.states import Ending, State, TaskRef
-from farm.store import Attempt, Job, Task, session
+from farm.store import Attempt, Job, Task, TaskLog, session
 from farm.tiling.assemble import BufferPool
 from workers.blender_session import BlenderError
 from workers.progress import ProgressChannel
@@ -535,14 +535,30 @@ class Scheduler:
         )
         self.db.commit()
 
-    def _drain_progress(self) -> None:
-        """Pass Blender's progress on, at most every PROGRESS_TICK seconds (each drain is a call)."""
-        if self._progress is None or time.monotonic() - self._drained < PROGRESS_TICK:
+    def _drain_progress(self, now: bool = False) -> None:
+        """Pass progress on and store output with its attempt, at most every PROGRESS_TICK
+        seconds (each drain is a call) unless ``now``."""
+        if self._progress is None:
+            return
+        if not now and time.monotonic() - self._drained < PROGRESS_TICK:
             return
         self._drained = time.monotonic()
-        for key, fraction in ray.get(self._progress.drain.remote()).items():
-            job_id, _, task_key = key.partition("/")
+        latest, lines = ray.get(self._progress.drain.remote())
+        for key, fraction in latest.items():
+            job_id, _, task_key = key.split("/", 2)
             self.emit(Event("progress", int(job_id), task_key, value=fraction))
+        for key, chunk in lines.items():
+            job_id, number, task_key = key.split("/", 2)
+            job = self.jobs.get(int(job_id))
+            task = job.tasks.get(task_key) if job else None
+            if task is None:
+                continue
+            attempt = self.db.scalar(
+                select(Attempt.id).where(Attempt.task_id == task.id, Attempt.number == int(number))
+            )
+            if attempt is not None:
+                self.db.add(TaskLog(attempt_id=attempt, text="\n".join(chunk)))
+        self.db.commit()
 
     def _finish_jobs(self) -> None:
         for job in list(self.jobs.values()):
@@ -564,6 +580,7 @@ class Scheduler:
         self._leave(job)
 
     def _leave(self, job: ActiveJob) -> None:
+        self._drain_progress(now=True)  # the job's last output lines
         job.close(self)
         self.jobs.pop(job.id, None)
         self._start_failures.pop(job.id, None)

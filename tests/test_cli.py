@@ -168,7 +168,8 @@ def test_render_prints_a_json_summary_and_exits_0(scene, tmp_path) -> None:
     attempts = json.loads(farm("logs", str(summary["id"]), "--json").stdout)
     assert len(attempts) == 16 and {a["status"] for a in attempts} == {"done"}
     one = json.loads(farm("logs", str(summary["id"]), "--task", "f1.t0", "--json").stdout)
-    assert [(a["task"], a["attempt"], a["log"]) for a in one] == [("f1.t0", 1, "")]
+    assert [(a["task"], a["attempt"], a["status"]) for a in one] == [("f1.t0", 1, "done")]
+    assert "Fra:1 " in one[0]["log"] and "Sample " not in one[0]["log"]  # Blender's own output
     unknown = farm("logs", str(summary["id"]), "--task", "f99")
     assert unknown.returncode == 2 and "has no task 'f99'" in unknown.stderr
     missing = farm("status", "999")

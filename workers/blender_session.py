@@ -114,11 +114,18 @@ class BlenderSession:
         image: dict[str, Any],
         folder: Path,
         on_progress: Callable[[float], None] | None = None,
+        on_output: Callable[[str], None] | None = None,
     ) -> Path:
-        """Render ``frame`` (or the ``border`` region of it) into ``folder``; return the file."""
+        """Render ``frame`` (or the ``border`` region of it) into ``folder``; return the file.
+        ``on_progress`` gets the fraction of samples done; ``on_output`` every line Blender prints
+        except its per-sample progress lines (a log reader wants what happened, not every sample)."""
 
         def progress(line: str) -> None:
-            if on_progress and (match := _SAMPLE.search(line)):
+            match = _SAMPLE.search(line)
+            if match is None:
+                if on_output:
+                    on_output(line)
+            elif on_progress:
                 on_progress(int(match[1]) / max(1, int(match[2])))
 
         self._on_line = progress

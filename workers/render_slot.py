@@ -11,6 +11,7 @@ from __future__ import annotations
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -82,34 +83,56 @@ class RenderSlot:
         return settings
 
     def render(self, task: RenderTask, channel: str = "") -> TaskResult:
-        """Render the task; progress goes to the channel under ``channel + task.key``."""
+        """Render the task; its progress and Blender's output go to the channel under
+        ``channel + task.key``, a few times a second at most."""
         import ray
 
         self.open()
         result = TaskResult(task.key, node=ray.get_runtime_context().get_node_id())
+        key = channel + task.key
+        lines: list[str] = []
         last = 0.0
+
+        def flush() -> None:
+            if self.progress is not None and lines:
+                chunk = lines[:]
+                del lines[: len(chunk)]
+                self.progress.log.remote(key, chunk)
 
         def report(fraction: float) -> None:
             nonlocal last
             now = time.monotonic()
             if self.progress is not None and (now - last >= PROGRESS_INTERVAL or fraction >= 1):
                 last = now
-                self.progress.report.remote(channel + task.key, fraction)
+                self.progress.report.remote(key, fraction)
+                flush()
 
-        for frame in task.frames:
-            started = time.monotonic()
-            path = self.session.render(frame, task.border, task.image, self.folder, report)
-            try:
-                output = FrameOutput(frame, task.tile)
-                if task.tile is None:
-                    output.data = path.read_bytes()
-                else:
-                    output.pixels = read_pixels(path)
-            finally:
-                path.unlink(missing_ok=True)
-            output.seconds = time.monotonic() - started
-            result.outputs.append(output)
+        try:
+            for frame in task.frames:
+                result.outputs.append(self._render_frame(task, frame, report, lines.append))
+        finally:
+            flush()
         return result
+
+    def _render_frame(
+        self,
+        task: RenderTask,
+        frame: int,
+        report: Callable[[float], None],
+        output: Callable[[str], None],
+    ) -> FrameOutput:
+        started = time.monotonic()
+        path = self.session.render(frame, task.border, task.image, self.folder, report, output)
+        try:
+            rendered = FrameOutput(frame, task.tile)
+            if task.tile is None:
+                rendered.data = path.read_bytes()
+            else:
+                rendered.pixels = read_pixels(path)
+        finally:
+            path.unlink(missing_ok=True)
+        rendered.seconds = time.monotonic() - started
+        return rendered
 
     def close(self) -> None:
         self.session.close()
