@@ -75,6 +75,11 @@ class ActiveJob:
         Fair share and quotas (per user) join this key; nothing else orders jobs."""
         return (-self.row.priority, self.row.submitted_at, self.id)
 
+    @property
+    def needs(self) -> dict[str, float]:
+        """What one of the job's tasks holds while it runs: a node without it cannot run them."""
+        raise NotImplementedError
+
     def add_tasks(self, tasks: list[TaskRef]) -> None:
         self.tasks.update((t.key, t) for t in tasks)
         self.queued.extend(t for t in tasks if t.state is State.QUEUED)

@@ -4,6 +4,8 @@ jobs, nodes, login). Registered on the ``farm`` group by :mod:`farm.cli`."""
 from __future__ import annotations
 
 import json
+import shlex
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -259,4 +261,50 @@ def logout() -> None:
     click.echo("no farm server saved; commands run the embedded farm")
 
 
-COMMANDS = [submit, watch, *CONTROLS, nodes, server, login, logout]
+@click.group()
+def node() -> None:
+    """Join this machine to the lab's Ray cluster, or take it out."""
+
+
+@node.command("join")
+@click.option(
+    "--address", required=True, envvar="RAY_ADDRESS", help="The head node's Ray, e.g. head:6379."
+)
+@click.option("--lab", "labs", multiple=True, help="A lab this node serves: film, ml (repeatable).")
+@click.option(
+    "--gpus", type=click.IntRange(0, 64), help="GPUs to offer (default: Ray counts them)."
+)
+@click.option("--cpus", type=click.IntRange(1, 4096), help="CPUs to offer (default: all).")
+@click.option("--dry-run", is_flag=True, help="Print the ray start command instead of running it.")
+def node_join(
+    address: str, labs: tuple[str, ...], gpus: int | None, cpus: int | None, dry_run: bool
+) -> None:
+    """Join the cluster at ADDRESS as a node of the given labs (ray start underneath)."""
+    from farm.node import join_command, node_problems
+
+    command = join_command(address, list(labs), gpus, cpus)
+    if dry_run:
+        click.echo(shlex.join(command))
+        return
+    problems = node_problems(list(labs))
+    if problems:
+        raise FarmError(problems[0])
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
+        raise FarmError(f"ray start failed: {tail[0]}")
+    click.echo(
+        f"joined {address} as a node of {', '.join(labs) or 'no lab'}; leave with: farm node leave"
+    )
+
+
+@node.command("leave")
+def node_leave() -> None:
+    """Stop this machine's Ray node; its running tasks run again elsewhere."""
+    from farm.node import ray_cli
+
+    subprocess.run([ray_cli(), "stop"], check=False, capture_output=True)
+    click.echo("this machine left the cluster")
+
+
+COMMANDS = [submit, watch, *CONTROLS, nodes, node, server, login, logout]

@@ -45,6 +45,7 @@ class RenderJob(ActiveJob):
         self.max_slots: int | None = run.get("slots")
         self.stall_timeout: float = run.get("stall_timeout", 600.0)
         self.lab: str | None = run.get("lab")
+        self.digest: str | None = run.get("digest")  # the scene was uploaded
         self.plan: JobPlan | None = None
         self.written = dict(written)  # frame → path: on disk
         self.failed: dict[int, str] = {}
@@ -69,7 +70,12 @@ class RenderJob(ActiveJob):
             self.spec.allow_scripts,
             self.stall_timeout,
             self.lab,
+            self.digest,
         )
+
+    @property
+    def needs(self) -> dict[str, float]:
+        return self.profile.resources
 
     @property
     def busy(self) -> bool:

@@ -36,6 +36,7 @@ class SlotProfile:
     stall_timeout: float
     settings: str  # the job's Blender overrides, as canonical JSON
     lab: str | None = None
+    digest: str | None = None  # an uploaded scene's sha256: nodes without the file fetch it
 
     @classmethod
     def of(
@@ -46,6 +47,7 @@ class SlotProfile:
         allow_scripts: bool,
         stall_timeout: float,
         lab: str | None,
+        digest: str | None = None,
     ) -> SlotProfile:
         stat = scene.stat()
         return cls(
@@ -57,6 +59,7 @@ class SlotProfile:
             stall_timeout=stall_timeout,
             settings=json.dumps(settings, sort_keys=True),
             lab=lab,
+            digest=digest,
         )
 
     @property
@@ -102,6 +105,7 @@ class SlotPool:
         self.blender = blender
         self.progress = progress
         self.slots: list[Slot] = []
+        self._scenes: dict[str, Any] = {}  # digest → the uploaded scene's bytes in Ray's store
 
     def create(self, profile: SlotProfile, avoid: set[str] | frozenset[str] = frozenset()) -> Slot:
         """Start a slot (placed by Ray, never on a node in ``avoid``); it opens in the background."""

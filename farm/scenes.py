@@ -1,0 +1,95 @@
+"""Scenes uploaded to the server, stored by content: ``<data-dir>/scenes/<sha256>.blend``.
+
+A trainee without the lab's shared storage uploads the .blend once (``farm submit render
+--upload``); the same file uploaded again is not sent twice. Render slots on other nodes get it
+through Ray's object store and keep it in their node's cache under the same hash, so a node fetches
+a scene once however many jobs render it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import tempfile
+from pathlib import Path
+
+from farm.errors import FarmError
+
+PREFIX = "sha256:"
+MAX_BYTES = 8 << 30  # 8 GiB: a heavy production .blend, not a disk filler
+_DIGEST = re.compile(r"^[0-9a-f]{64}$")
+
+
+def check_digest(digest: str) -> str:
+    if not _DIGEST.match(digest):
+        raise FarmError(f"{digest[:80]!r} is not a sha256 digest (64 lower-case hex digits)")
+    return digest
+
+
+def digest_of(path: Path) -> str:
+    """The sha256 of a file, read in blocks."""
+    hasher = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            hasher.update(block)
+    return hasher.hexdigest()
+
+
+class SceneStore:
+    """The server's uploaded scenes."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+
+    def path(self, digest: str) -> Path:
+        return self.folder / f"{check_digest(digest)}.blend"
+
+    def resolve(self, scene: str) -> tuple[str, str | None]:
+        """A submission's scene as a server path, and its digest if it was uploaded."""
+        if not scene.startswith(PREFIX):
+            return scene, None
+        digest = check_digest(scene.removeprefix(PREFIX))
+        path = self.path(digest)
+        if not path.is_file():
+            raise FarmError(
+                f"no uploaded scene {scene}: upload it first (farm submit render --upload)"
+            )
+        return str(path), digest
+
+    def upload(self, digest: str) -> Upload:
+        return Upload(self.path(digest))
+
+
+class Upload:
+    """One upload in progress: bytes go to a temp file beside the target, which takes its name
+    only once the bytes prove the digest (a broken upload never looks like a scene)."""
+
+    def __init__(self, target: Path) -> None:
+        self.target = target
+        target.parent.mkdir(parents=True, exist_ok=True)
+        handle, temp = tempfile.mkstemp(dir=target.parent, suffix=".part")
+        self.temp = Path(temp)
+        self.out = os.fdopen(handle, "wb")
+        self.hasher = hashlib.sha256()
+        self.size = 0
+
+    def add(self, chunk: bytes) -> None:
+        self.size += len(chunk)
+        if self.size > MAX_BYTES:
+            raise FarmError(f"the upload is larger than {MAX_BYTES >> 30} GiB")
+        self.hasher.update(chunk)
+        self.out.write(chunk)
+
+    def finish(self) -> int:
+        """Keep the scene if its bytes match its name; returns its size."""
+        self.out.close()
+        digest = self.target.stem
+        if self.hasher.hexdigest() != digest:
+            raise FarmError(f"the upload's sha256 is {self.hasher.hexdigest()}, not {digest}")
+        os.replace(self.temp, self.target)
+        return self.size
+
+    def abort(self) -> None:
+        self.out.close()
+        self.temp.unlink(missing_ok=True)
