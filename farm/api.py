@@ -3,25 +3,40 @@
 Reads go straight to the store (SQLite in WAL mode lets them run beside the scheduler's writes);
 submissions are validated and stored here, then handed to the scheduler; everything that changes a
 state (cancel, pause, resume, retry) runs on the scheduler's thread. Every refusal is a 4xx whose
-``detail`` is one line naming the problem.
+``detail`` is one line naming the problem: 422 for a request that does not fit the spec (an unknown
+field, a wrong type: bodies are checked strictly, so ``"3"`` or ``true`` is not a number), 404 for a job
+that does not exist, 400 for anything else the farm refuses (a missing scene, a job already finished).
 """
 
 import getpass
+import os
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Annotated, Any
 
 import ray
-from fastapi import Depends, FastAPI, Header, Query, Request
+from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request
+from fastapi import Path as Path_
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import FileResponse, JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
 from farm import __version__, submit
 from farm.errors import FarmError
-from farm.jobs import job_events, job_logs, job_status, job_tasks, list_jobs
+from farm.jobs import (
+    job_events,
+    job_logs,
+    job_outputs,
+    job_status,
+    job_tasks,
+    known_id,
+    list_jobs,
+)
+from farm.scenes import PREFIX as SCENE_PREFIX
+from farm.scenes import SceneStore
 from farm.scheduler import Scheduler
 from farm.slots import lab_resource
 from farm.store import session
@@ -39,7 +54,7 @@ Lab = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,31}$")]
 class Submission(BaseModel):
     """What every job type's submission carries besides its own spec."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
     priority: int = Field(50, ge=0, le=100, description="Higher runs first.")
     after: list[Annotated[int, Field(ge=1, le=2**62)]] = Field(
         default_factory=list, max_length=100, description="Jobs that must be done first."
@@ -68,6 +83,9 @@ class RenderSubmission(Submission):
     threads: int = Field(2, ge=1, le=1024, description="Render threads (CPUs) per slot.")
     stall_timeout: float = Field(600.0, gt=0, le=86_400)
     lab: Lab | None = None
+    name: Annotated[str, Field(max_length=256)] | None = Field(
+        None, description="The job's name (default: the scene's file name)."
+    )
 
 
 class ProbeSubmission(Submission):
@@ -81,8 +99,13 @@ class ProbeSubmission(Submission):
     retries: int = Field(2, ge=0, le=100)
 
 
+class Scene(BaseModel):
+    scene: str = Field(description="What a render submission names it by: sha256:<digest>.")
+    bytes: int
+
+
 class TaskChoice(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
     task: Short | None = Field(None, description="One task (e.g. f12.t3); none: the whole job.")
 
 
@@ -94,6 +117,45 @@ class Accepted(BaseModel):
 class Changed(BaseModel):
     id: int
     result: str
+
+
+class Problem(BaseModel):
+    """Every refusal: ``detail`` is one line naming the problem."""
+
+    detail: str
+    errors: int | None = Field(None, description="How many fields were wrong (422 only).")
+
+
+def _refusals(*codes: int) -> dict[int | str, dict[str, Any]]:
+    words = {
+        400: "Refused: the farm cannot do this (one line says why)",
+        404: "No such job",
+        422: "The request does not fit this spec (one line names the first problem)",
+    }
+    return {code: {"model": Problem, "description": words[code]} for code in codes}
+
+
+def one_line(text: str, limit: int = 1000) -> str:
+    """``text`` as one printable line: control characters escaped, at most ``limit`` characters."""
+    line = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+    return line if len(line) <= limit else line[: limit - 1] + "…"
+
+
+def validation_detail(error: RequestValidationError) -> str:
+    """The first problem of a request that does not fit the spec, in one line."""
+    first = error.errors()[0]
+    loc = [str(p) for p in first["loc"]]
+    if loc and loc[0] in ("body", "query", "path", "header"):
+        loc = loc[1:]
+    if first["type"] == "json_invalid":
+        reason = first.get("ctx", {}).get("error", "it cannot be parsed")
+        return f"the request body is not valid JSON: {reason}"
+    if not loc:  # the body as a whole
+        if first["type"] == "missing":
+            return "the request body is missing: send a JSON object"
+        return "the request body must be a JSON object (Content-Type: application/json)"
+    where = ".".join(one_line(p, 64) for p in loc)
+    return f"{where}: {first['msg']}"
 
 
 class Cluster:
@@ -128,14 +190,16 @@ class Cluster:
             )
 
 
-def create_app(engine: Engine, scheduler: Scheduler) -> FastAPI:
-    """The API over ``engine``'s store, handing work to ``scheduler``."""
+def create_app(engine: Engine, scheduler: Scheduler, data: Path) -> FastAPI:
+    """The API over ``engine``'s store, handing work to ``scheduler``; uploaded scenes and the
+    frames of relative output paths live under ``data``."""
     app = FastAPI(
         title="CREIC lab farm",
         version=__version__,
         description="Render farm and ML job scheduler of the CREIC Film Lab and Work 4.0 Lab.",
     )
     cluster = Cluster()
+    scenes = SceneStore(data / "scenes")
 
     def db() -> Iterator[Session]:
         with session(engine) as opened:
@@ -147,15 +211,12 @@ def create_app(engine: Engine, scheduler: Scheduler) -> FastAPI:
     @app.exception_handler(FarmError)
     async def refused(_: Request, error: FarmError) -> JSONResponse:
         status = 404 if str(error).startswith("no job ") else 400
-        return JSONResponse({"detail": str(error)}, status_code=status)
+        return JSONResponse({"detail": one_line(str(error))}, status_code=status)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_: Request, error: RequestValidationError) -> JSONResponse:
-        first = error.errors()[0]
-        where = ".".join(str(p) for p in first["loc"] if p not in ("body", "query", "path"))
-        message = first["msg"]
         return JSONResponse(
-            {"detail": f"{where}: {message}" if where else message, "errors": len(error.errors())},
+            {"detail": one_line(validation_detail(error)), "errors": len(error.errors())},
             status_code=422,
         )
 
@@ -166,11 +227,19 @@ def create_app(engine: Engine, scheduler: Scheduler) -> FastAPI:
     def health() -> dict[str, Any]:
         return {"ok": True, "version": __version__}
 
-    @app.post(f"{PREFIX}/jobs/render", status_code=201)
+    @app.post(f"{PREFIX}/jobs/render", status_code=201, responses=_refusals(400, 422))
     def submit_render(body: RenderSubmission, db: Db, user: User = None) -> Accepted:
         fields = body.model_dump(
-            exclude={"priority", "after", "slots", "threads", "stall_timeout", "lab"}
+            exclude={"priority", "after", "slots", "threads", "stall_timeout", "lab", "name"}
         )
+        fields["scene"], digest = scenes.resolve(body.scene)
+        output = Path(fields["output"] or f"renders/{Path(body.name or body.scene).stem}_####.exr")
+        if not output.is_absolute():  # relative outputs stay inside the server's outputs folder
+            root = (data / "outputs").absolute()
+            output = Path(os.path.normpath(root / output))
+            if not output.is_relative_to(root):
+                raise FarmError(f"output {fields['output']!r} leaves the server's outputs folder")
+        fields["output"] = str(output)
         spec = render.validate(RenderRequest(**fields))
         gpu = spec.overrides.get("device", "CPU") != "CPU"
         cluster.check(body.threads, 1 if gpu else 0, body.lab)
@@ -179,12 +248,14 @@ def create_app(engine: Engine, scheduler: Scheduler) -> FastAPI:
             "slots": body.slots,
             "stall_timeout": body.stall_timeout,
             "lab": body.lab,
+            "digest": digest,
         }
-        job_id = submit.render(db, spec, run, owner(user), body.priority, body.after)
+        name = body.name or spec.scene.name
+        job_id = submit.render(db, spec, run, owner(user), body.priority, body.after, name)
         scheduler.notify(job_id)
         return Accepted(id=job_id, state="queued")
 
-    @app.post(f"{PREFIX}/jobs/probe", status_code=201)
+    @app.post(f"{PREFIX}/jobs/probe", status_code=201, responses=_refusals(400, 422))
     def submit_probe(body: ProbeSubmission, db: Db, user: User = None) -> Accepted:
         spec = probe.validate(ProbeSpec(**body.model_dump(exclude={"priority", "after"})))
         cluster.check(spec.cpus, spec.gpus, None)
@@ -192,25 +263,25 @@ def create_app(engine: Engine, scheduler: Scheduler) -> FastAPI:
         scheduler.notify(job_id)
         return Accepted(id=job_id, state="queued")
 
-    @app.get(f"{PREFIX}/jobs")
+    @app.get(f"{PREFIX}/jobs", responses=_refusals(422))
     def jobs(db: Db, limit: Annotated[int, Query(ge=1, le=10_000)] = 50) -> list[dict[str, Any]]:
         return list_jobs(db, limit)
 
-    @app.get(f"{PREFIX}/jobs/{{job_id}}")
+    @app.get(f"{PREFIX}/jobs/{{job_id}}", responses=_refusals(404, 422))
     def status(job_id: int, db: Db) -> dict[str, Any]:
         return job_status(db, job_id)
 
-    @app.get(f"{PREFIX}/jobs/{{job_id}}/tasks")
+    @app.get(f"{PREFIX}/jobs/{{job_id}}/tasks", responses=_refusals(404, 422))
     def tasks(job_id: int, db: Db) -> list[dict[str, Any]]:
         return job_tasks(db, job_id)
 
-    @app.get(f"{PREFIX}/jobs/{{job_id}}/logs")
+    @app.get(f"{PREFIX}/jobs/{{job_id}}/logs", responses=_refusals(400, 404, 422))
     def logs(
         job_id: int, db: Db, task: Annotated[str | None, Query(max_length=64)] = None
     ) -> list[dict[str, Any]]:
         return job_logs(db, job_id, task)
 
-    @app.get(f"{PREFIX}/jobs/{{job_id}}/events")
+    @app.get(f"{PREFIX}/jobs/{{job_id}}/events", responses=_refusals(404, 422))
     def events(
         job_id: int,
         db: Db,
@@ -222,14 +293,50 @@ def create_app(engine: Engine, scheduler: Scheduler) -> FastAPI:
     def change(verb: str) -> Any:
         def endpoint(job_id: int, body: TaskChoice | None = None) -> Changed:
             choice = body.task if body else None
-            result = scheduler.call(getattr(scheduler, verb), job_id, choice)
+            result = scheduler.call(getattr(scheduler, verb), known_id(job_id), choice)
             return Changed(id=job_id, result=result)
 
         endpoint.__name__ = verb
         return endpoint
 
     for verb in ("cancel", "pause", "resume", "retry"):
-        app.post(f"{PREFIX}/jobs/{{job_id}}/{verb}", name=verb)(change(verb))
+        app.post(f"{PREFIX}/jobs/{{job_id}}/{verb}", name=verb, responses=_refusals(400, 404, 422))(
+            change(verb)
+        )
+
+    @app.put(f"{PREFIX}/scenes/{{digest}}", status_code=201, responses=_refusals(400, 422))
+    async def upload_scene(digest: Annotated[str, Path_(max_length=64)], request: Request) -> Scene:
+        """Store a .blend under its sha256 (the body is the file); the same bytes twice are one."""
+        if scenes.path(digest).is_file():
+            return Scene(scene=f"{SCENE_PREFIX}{digest}", bytes=scenes.path(digest).stat().st_size)
+        upload = scenes.upload(digest)
+        try:
+            async for chunk in request.stream():
+                upload.add(chunk)
+            size = upload.finish()
+        except BaseException:
+            upload.abort()
+            raise
+        return Scene(scene=f"{SCENE_PREFIX}{digest}", bytes=size)
+
+    @app.get(f"{PREFIX}/scenes/{{digest}}", responses=_refusals(400, 404, 422))
+    def scene(digest: Annotated[str, Path_(max_length=64)]) -> Scene:
+        path = scenes.path(digest)
+        if not path.is_file():
+            raise HTTPException(404, f"no uploaded scene {SCENE_PREFIX}{digest}")
+        return Scene(scene=f"{SCENE_PREFIX}{digest}", bytes=path.stat().st_size)
+
+    @app.get(f"{PREFIX}/jobs/{{job_id}}/outputs", responses=_refusals(404, 422))
+    def outputs(job_id: int, db: Db) -> list[dict[str, Any]]:
+        """The frames the job has written, for `farm fetch`."""
+        return job_outputs(db, job_id)
+
+    @app.get(f"{PREFIX}/jobs/{{job_id}}/outputs/{{frame}}", responses=_refusals(404, 422))
+    def output(job_id: int, frame: int, db: Db) -> FileResponse:
+        for written in job_outputs(db, job_id):
+            if written["frame"] == frame:
+                return FileResponse(written["path"], filename=Path(written["path"]).name)
+        raise HTTPException(404, f"job {job_id} has no frame {frame} on disk")
 
     @app.get(f"{PREFIX}/nodes")
     def nodes() -> list[dict[str, Any]]:

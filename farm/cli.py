@@ -37,6 +37,8 @@ def _render(scene: str, kwargs: dict[str, Any]) -> None:
             raise RenderFailed(f"job {job} is {info['state']}")
         return
     as_json = kwargs.pop("as_json")
+    if kwargs.pop("upload"):
+        raise FarmError("--upload sends the scene to a farm server, and none is configured")
     slots, threads = kwargs.pop("slots"), kwargs.pop("threads")
     stall_timeout = kwargs.pop("stall_timeout")
     if stall_timeout <= 0:

@@ -17,7 +17,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from farm.cli_options import json_option, render_options
-from farm.client import config_file
+from farm.client import Client, config_file
 from farm.client import login as save_login
 from farm.errors import FarmError, RenderFailed
 from farm.views import Farm, connect, remote
@@ -30,21 +30,26 @@ def _echo_json(value: Any) -> None:
     click.echo(json.dumps(value, indent=2))
 
 
-def submission(kwargs: dict[str, Any]) -> dict[str, Any]:
-    """The API body for the render options as the CLI parsed them; paths made absolute here, so
-    the server reads and writes what the user named (on storage both can see)."""
+def submission(client: Client, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The API body for the render options as the CLI parsed them. Paths are made absolute here so
+    the server reads and writes what the user named (on storage both can see); with ``--upload``
+    the scene travels to the server and a relative output lands in the server's outputs folder."""
     body = {k: v for k, v in kwargs.items() if v is not None}
     body["format"] = body.pop("fmt", None)
-    body["scene"] = str(Path(body["scene"]).expanduser().absolute())
-    if body.get("output"):
-        body["output"] = str(Path(body["output"]).expanduser().absolute())
+    scene = Path(body["scene"]).expanduser()
+    if body.pop("upload", False):
+        body["scene"], body["name"] = client.upload_scene(scene), scene.name
+    else:
+        body["scene"] = str(scene.absolute())
+        if body.get("output"):
+            body["output"] = str(Path(body["output"]).expanduser().absolute())
     body["after"] = list(body.get("after", ()))
     return {k: v for k, v in body.items() if v is not None}
 
 
 def submit_render(kwargs: dict[str, Any]) -> int:
-    farm = remote("farm submit render")
-    return farm.client.post("/jobs/render", submission(kwargs))["id"]
+    client = remote("farm submit render").client
+    return client.post("/jobs/render", submission(client, kwargs))["id"]
 
 
 def lab_options(function: Any) -> Any:
@@ -261,6 +266,25 @@ def logout() -> None:
     click.echo("no farm server saved; commands run the embedded farm")
 
 
+@click.command()
+@click.argument("job", type=int)
+@click.argument("dest", type=click.Path(file_okay=False, path_type=Path), default=".")
+@json_option
+def fetch(job: int, dest: Path, as_json: bool) -> None:
+    """Download the frames JOB has written on the server into DEST (default: here)."""
+    client = remote("farm fetch").client
+    dest.mkdir(parents=True, exist_ok=True)
+    fetched = []
+    for output in client.get(f"/jobs/{job}/outputs"):
+        target = dest / Path(output["path"]).name
+        client.download(f"/jobs/{job}/outputs/{output['frame']}", target)
+        fetched.append(str(target))
+    if as_json:
+        _echo_json({"id": job, "files": fetched})
+    else:
+        click.echo(f"job {job}: {len(fetched)} frame(s) in {dest}/")
+
+
 @click.group()
 def node() -> None:
     """Join this machine to the lab's Ray cluster, or take it out."""
@@ -307,4 +331,4 @@ def node_leave() -> None:
     click.echo("this machine left the cluster")
 
 
-COMMANDS = [submit, watch, *CONTROLS, nodes, node, server, login, logout]
+COMMANDS = [submit, watch, *CONTROLS, fetch, nodes, node, server, login, logout]

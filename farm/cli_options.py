@@ -80,6 +80,11 @@ def render_options(function: Any) -> Any:
             show_default=True,
             help="Seconds Blender may print nothing before the attempt fails.",
         ),
+        click.option(
+            "--upload",
+            is_flag=True,
+            help="Send the scene to the farm server (for machines without the lab's shared storage).",
+        ),
         json_option,
     ]
     for option in reversed(options):

@@ -16,6 +16,7 @@ import httpx
 
 from farm.api import PREFIX, USER_HEADER
 from farm.errors import FarmError
+from farm.scenes import digest_of
 
 TIMEOUT = 30.0
 
@@ -66,6 +67,38 @@ class Client:
 
     def post(self, path: str, body: dict[str, Any] | None = None) -> Any:
         return self.call("POST", path, json=body)
+
+    def upload_scene(self, path: Path) -> str:
+        """Send a .blend to the server unless it has it already; returns its ``sha256:`` name."""
+        if not path.is_file():
+            raise FarmError(f"scene file {path} does not exist")
+        digest = digest_of(path)
+        try:
+            return self.get(f"/scenes/{digest}")["scene"]
+        except FarmError as error:
+            if "no uploaded scene" not in str(error):
+                raise
+        with path.open("rb") as data:
+            return self.call("PUT", f"/scenes/{digest}", content=data)["scene"]
+
+    def download(self, path: str, target: Path) -> None:
+        """Save what ``path`` serves into ``target``, atomically."""
+        temp = target.with_name(f".{target.name}.part")
+        try:
+            with self.http.stream("GET", path) as response:
+                if response.status_code >= 400:
+                    response.read()
+                    raise FarmError(
+                        response.json().get("detail") or f"{path}: {response.status_code}"
+                    )
+                with temp.open("wb") as out:
+                    for chunk in response.iter_bytes():
+                        out.write(chunk)
+            temp.replace(target)
+        except httpx.HTTPError as error:
+            raise FarmError(f"cannot reach the farm server at {self.url}: {error}") from None
+        finally:
+            temp.unlink(missing_ok=True)
 
 
 def login(url: str) -> str:

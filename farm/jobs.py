@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import func, select
@@ -88,8 +89,19 @@ def job_logs(db: Session, job_id: int, task_key: str | None = None) -> list[dict
     ]
 
 
+MAX_ID = 2**63 - 1  # the largest id a store holds (SQLite INTEGER, PostgreSQL BIGINT)
+
+
+def known_id(job_id: int) -> int:
+    """``job_id`` if a store could hold it; any other number is simply no job (a store would not
+    take 10**30 as a key, and must not be asked to)."""
+    if not 1 <= job_id <= MAX_ID:
+        raise FarmError(f"no job {job_id}")
+    return job_id
+
+
 def _job(db: Session, job_id: int) -> Job:
-    job = db.get(Job, job_id)
+    job = db.get(Job, known_id(job_id))
     if job is None:
         raise FarmError(f"no job {job_id}")
     return job
@@ -117,4 +129,20 @@ def job_events(db: Session, job_id: int, after: int = 0, limit: int = 1000) -> l
     return [
         {"id": i, "at": _iso(at), "kind": kind, "frame": frame, "task": key, "message": message}
         for i, at, kind, frame, message, key in rows
+    ]
+
+
+def job_outputs(db: Session, job_id: int) -> list[dict[str, Any]]:
+    """The frames of the job on disk now: the last write of each frame whose file is still there."""
+    _job(db, job_id)
+    rows = db.execute(
+        select(Event.frame, Event.message)
+        .where(Event.job_id == job_id, Event.kind == "written")
+        .order_by(Event.id)
+    )
+    latest = {frame: path for frame, path in rows}
+    return [
+        {"frame": frame, "path": path, "bytes": Path(path).stat().st_size}
+        for frame, path in sorted(latest.items())
+        if Path(path).is_file()
     ]

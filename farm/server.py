@@ -46,7 +46,7 @@ def serve(host: str, port: int, data_dir: Path, db: str | None, ray_address: str
     joined = join_ray(ray_address)
     scheduler = Scheduler(engine)
     scheduler.start()
-    app = create_app(engine, scheduler)
+    app = create_app(engine, scheduler, data_dir.absolute())
     where = url if "@" not in url else url.split("@", 1)[1]  # never print a password
     print(f"farm server on http://{host}:{port} (store: {where}; {joined})", flush=True)
     config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False)

@@ -57,12 +57,12 @@ def render(
     owner: str,
     priority: int = 50,
     after: list[int] | None = None,
+    name: str | None = None,
 ) -> int:
     """A render job; its tasks are added once a slot has opened the scene and the job is planned.
     ``run`` says how it uses the cluster: threads per slot, a cap on slots, stall timeout, lab."""
-    job = _job(
-        db, "render", spec.scene.name, owner, {**spec.as_json(), "run": run}, priority, after or []
-    )
+    spec_json = {**spec.as_json(), "run": run}
+    job = _job(db, "render", name or spec.scene.name, owner, spec_json, priority, after or [])
     db.commit()
     return job.id
 
