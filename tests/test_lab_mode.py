@@ -7,8 +7,10 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import httpx
+import psutil
 
 from farm.scenes import digest_of
 
@@ -62,3 +64,63 @@ def test_an_uploaded_scene_renders_on_the_server_and_its_frames_come_back(
     )
     wrong = httpx.put(f"{farm_server.url}/api/v1/scenes/{'0' * 64}", content=b"not that")
     assert wrong.status_code == 400 and "sha256 is" in wrong.json()["detail"]
+
+
+def test_cancel_stops_the_running_blenders_and_nothing_is_left_queued(
+    farm_server, make_scene, tmp_path
+) -> None:
+    scene = make_scene(96, 54, samples=3000, frames=6)  # frames of several seconds
+    api = f"{farm_server.url}/api/v1"
+    body = {"scene": str(scene), "output": str(tmp_path / "f_####.exr"), "threads": 1}
+    job = httpx.post(f"{api}/jobs/render", json=body).json()["id"]
+    deadline = time.monotonic() + 60
+    while not httpx.get(f"{api}/jobs/{job}").json()["tasks"]["running"]:
+        assert time.monotonic() < deadline, "no task started"
+        time.sleep(0.1)
+    assert wait_until(lambda: blenders_on(scene), 30)
+
+    cancelled = farm("cancel", str(job), server=farm_server, cwd=tmp_path)
+    assert cancelled.returncode == 0 and cancelled.stdout.strip() == f"job {job}: cancelled"
+    # The slots that rendered the job died with their Blenders; a warm slot still opening on the
+    # scene may stay for the next job, idle.
+    assert wait_until(lambda: not rendering(blenders_on(scene)), 15), "a Blender went on rendering"
+    assert wait_until(lambda: httpx.get(f"{api}/jobs/{job}").json()["tasks"]["running"] == 0, 15)
+    status = httpx.get(f"{api}/jobs/{job}").json()
+    assert status["state"] == "cancelled"
+    assert status["tasks"]["queued"] == 0 and status["tasks"]["cancelled"] == 6
+    assert not list(tmp_path.glob("f_*.exr"))
+    again = farm("cancel", str(job), server=farm_server, cwd=tmp_path)
+    assert again.returncode == 2
+    assert again.stderr.strip() == f"error: job {job} is cancelled: nothing to change"
+
+
+def wait_until(predicate, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def blenders_on(scene) -> list[psutil.Process]:
+    return [
+        p
+        for p in psutil.process_iter(["name", "cmdline"])
+        if "blender" in (p.info["name"] or "") and str(scene) in " ".join(p.info["cmdline"] or [])
+    ]
+
+
+def rendering(blenders: list[psutil.Process]) -> list[psutil.Process]:
+    """The Blenders that used the CPU in the last half second."""
+
+    def cpu(process: psutil.Process) -> float:
+        try:
+            times = process.cpu_times()
+        except psutil.NoSuchProcess:
+            return 0.0
+        return times.user + times.system
+
+    before = {p: cpu(p) for p in blenders}
+    time.sleep(0.5)
+    return [p for p in blenders if cpu(p) - before[p] > 0.1]
