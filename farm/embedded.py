@@ -8,19 +8,24 @@ done. The slots it starts end with it.
 from __future__ import annotations
 
 import getpass
+import os
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import ray
+from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from farm import states, submit
 from farm.active_job import Event
 from farm.errors import FarmError
 from farm.render_job import RenderJob
 from farm.scheduler import Scheduler, ensure_ray
-from farm.states import State
+from farm.states import Ending, State
 from farm.store import Job, open_store
 from pipelines.render import RenderSpec
 
@@ -99,6 +104,35 @@ def check_cluster(slots: int, threads: int, gpu: bool, device: str) -> None:
         )
 
 
+def _running(pid: int) -> bool:
+    """Whether ``pid`` is still a farm process on this machine."""
+    try:
+        return b"farm" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+
+
+def end_orphans(db: Session) -> None:
+    """Jobs of earlier embedded renders on this machine whose process is gone (killed, the machine
+    restarted) end failed, their attempts lost: nothing would ever run them, and a job must not
+    look running for ever."""
+    host = socket.gethostname()
+    unfinished = [s.value for s in State if not s.finished]
+    for job in db.scalars(select(Job).where(Job.state.in_(unfinished))).all():
+        run = job.spec.get("run", {})
+        if run.get("host") != host or not run.get("pid") or _running(run["pid"]):
+            continue
+        reason = f"the farm render that ran it (pid {run['pid']}) stopped"
+        tasks = [Scheduler.ref(t) for t in job.tasks]
+        lost = [t for t in tasks if t.state is State.RUNNING]
+        states.end(db, [Ending(t, State.QUEUED, attempt_status="lost") for t in lost])
+        waiting = [t for t in tasks if t.state in (State.QUEUED, State.PAUSED, State.HELD)]
+        states.move(db, waiting, State.FAILED, reason)
+        states.move_job(
+            db, job, State.FAILED if job.state != State.PAUSED else State.CANCELLED, reason
+        )
+
+
 def render(
     spec: RenderSpec,
     options: RunOptions,
@@ -114,10 +148,13 @@ def render(
     check_cluster(options.slots, options.threads, device != "CPU", device)
     engine = open_store(store or "sqlite://")
     scheduler = Scheduler(engine, options.blender)
+    end_orphans(scheduler.db)
     run = {
         "threads": options.threads,
         "slots": options.slots,
         "stall_timeout": options.stall_timeout,
+        "host": socket.gethostname(),
+        "pid": os.getpid(),  # who runs it: a later farm render ends it if this process is gone
     }
     job_id = submit.render(scheduler.db, spec, run, owner or getpass.getuser())
     summary.job = job_id

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import OpenImageIO as oiio
@@ -174,3 +176,38 @@ def test_render_prints_a_json_summary_and_exits_0(scene, tmp_path) -> None:
     assert unknown.returncode == 2 and "has no task 'f99'" in unknown.stderr
     missing = farm("status", "999")
     assert missing.returncode == 2 and missing.stderr.strip() == "error: no job 999"
+
+
+def test_a_killed_farm_render_is_ended_by_the_next_one(make_scene, tmp_path) -> None:
+    """kill -9 of an embedded render leaves its job running in the store; the next farm render on
+    this machine sees the process gone and ends the job, its attempts lost."""
+    slow = make_scene(96, 54, samples=3000, frames=2)
+    command = [
+        sys.executable,
+        "-m",
+        "farm",
+        "render",
+        str(slow),
+        "-o",
+        str(tmp_path / "s_####.exr"),
+    ]
+    victim = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.monotonic() + 120
+    while not any(j["tasks"]["running"] for j in json.loads(farm("jobs", "--json").stdout or "[]")):
+        assert time.monotonic() < deadline and victim.poll() is None, "the render never started"
+        time.sleep(0.2)
+    os.killpg(victim.pid, signal.SIGKILL)
+    victim.wait()
+    [stale] = json.loads(farm("jobs", "--json").stdout)
+    assert stale["state"] == "running"
+
+    quick = make_scene(64, 36, samples=2, frames=4)
+    assert (
+        farm("render", str(quick), "--frames", "1", "-o", str(tmp_path / "q_####.exr")).returncode
+        == 0
+    )
+    ended = json.loads(farm("status", str(stale["id"]), "--json").stdout)
+    assert ended["state"] == "failed" and "stopped" in ended["message"]
+    assert ended["tasks"]["running"] == 0 and ended["tasks"]["queued"] == 0
+    attempts = json.loads(farm("logs", str(stale["id"]), "--json").stdout)
+    assert "lost" in {a["status"] for a in attempts}
