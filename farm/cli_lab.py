@@ -253,17 +253,25 @@ def server(host: str, port: int, data_dir: Path, db: str | None, ray_address: st
 
 @click.command()
 @click.argument("url")
-def login(url: str) -> None:
+@json_option
+def login(url: str, as_json: bool) -> None:
     """Use the farm server at URL for every later command (saved in ~/.config/farm)."""
     version = save_login(url)
-    click.echo(f"using the farm server at {url.rstrip('/')} (farm {version})")
+    if as_json:
+        _echo_json({"url": url.rstrip("/"), "version": version})
+    else:
+        click.echo(f"using the farm server at {url.rstrip('/')} (farm {version})")
 
 
 @click.command()
-def logout() -> None:
+@json_option
+def logout(as_json: bool) -> None:
     """Forget the saved server: commands run the embedded farm again (unless FARM_URL is set)."""
     config_file().unlink(missing_ok=True)
-    click.echo("no farm server saved; commands run the embedded farm")
+    if as_json:
+        _echo_json({"url": None})
+    else:
+        click.echo("no farm server saved; commands run the embedded farm")
 
 
 @click.command()
@@ -300,15 +308,21 @@ def node() -> None:
 )
 @click.option("--cpus", type=click.IntRange(1, 4096), help="CPUs to offer (default: all).")
 @click.option("--dry-run", is_flag=True, help="Print the ray start command instead of running it.")
+@json_option
 def node_join(
-    address: str, labs: tuple[str, ...], gpus: int | None, cpus: int | None, dry_run: bool
+    address: str,
+    labs: tuple[str, ...],
+    gpus: int | None,
+    cpus: int | None,
+    dry_run: bool,
+    as_json: bool,
 ) -> None:
     """Join the cluster at ADDRESS as a node of the given labs (ray start underneath)."""
     from farm.node import join_command, node_problems
 
     command = join_command(address, list(labs), gpus, cpus)
     if dry_run:
-        click.echo(shlex.join(command))
+        click.echo(json.dumps({"command": command}) if as_json else shlex.join(command))
         return
     problems = node_problems(list(labs))
     if problems:
@@ -317,18 +331,25 @@ def node_join(
     if done.returncode != 0:
         tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
         raise FarmError(f"ray start failed: {tail[0]}")
-    click.echo(
-        f"joined {address} as a node of {', '.join(labs) or 'no lab'}; leave with: farm node leave"
-    )
+    if as_json:
+        _echo_json({"address": address, "labs": sorted(set(labs))})
+    else:
+        click.echo(
+            f"joined {address} as a node of {', '.join(labs) or 'no lab'}; leave with: farm node leave"
+        )
 
 
 @node.command("leave")
-def node_leave() -> None:
+@json_option
+def node_leave(as_json: bool) -> None:
     """Stop this machine's Ray node; its running tasks run again elsewhere."""
     from farm.node import ray_cli
 
     subprocess.run([ray_cli(), "stop"], check=False, capture_output=True)
-    click.echo("this machine left the cluster")
+    if as_json:
+        _echo_json({"left": True})
+    else:
+        click.echo("this machine left the cluster")
 
 
 COMMANDS = [submit, watch, *CONTROLS, fetch, nodes, node, server, login, logout]

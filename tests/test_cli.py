@@ -211,3 +211,34 @@ def test_a_killed_farm_render_is_ended_by_the_next_one(make_scene, tmp_path) -> 
     assert ended["tasks"]["running"] == 0 and ended["tasks"]["queued"] == 0
     attempts = json.loads(farm("logs", str(stale["id"]), "--json").stdout)
     assert "lost" in {a["status"] for a in attempts}
+
+
+def test_node_join_builds_the_ray_start_of_the_farms_labs() -> None:
+    command = json.loads(
+        farm(
+            "node",
+            "join",
+            "--address",
+            "head:6379",
+            "--lab",
+            "ml",
+            "--gpus",
+            "2",
+            "--dry-run",
+            "--json",
+        ).stdout
+    )["command"]
+    assert command[1:] == [
+        "start",
+        "--address",
+        "head:6379",
+        "--resources",
+        '{"ml_lab": 1}',
+        "--num-gpus",
+        "2",
+    ]
+    bad = farm("node", "join", "--address", "head:6379", "--lab", "Film Lab", "--dry-run")
+    assert bad.returncode == 2
+    assert bad.stderr.strip() == (
+        "error: --lab 'Film Lab': use lower-case letters, digits and _ (e.g. film, ml)"
+    )
