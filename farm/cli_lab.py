@@ -324,7 +324,7 @@ def node_join(
     if dry_run:
         click.echo(json.dumps({"command": command}) if as_json else shlex.join(command))
         return
-    problems = node_problems(list(labs))
+    problems = node_problems(address, list(labs))
     if problems:
         raise FarmError(problems[0])
     done = subprocess.run(command, capture_output=True, text=True, check=False)

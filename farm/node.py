@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 import sys
 from pathlib import Path
 
@@ -43,9 +44,15 @@ def join_command(
     return command
 
 
-def node_problems(labs: list[str]) -> list[str]:
-    """What this machine lacks for the labs it joins (a film node renders with Blender)."""
+def node_problems(address: str, labs: list[str]) -> list[str]:
+    """What keeps this machine from joining: the head out of reach (``ray start`` would retry for
+    minutes), or what a lab's node needs (a film node renders with Blender)."""
     problems = []
+    host, _, port = address.rpartition(":")
+    try:
+        socket.create_connection((host or address, int(port or 6379)), timeout=5).close()
+    except (OSError, ValueError) as error:
+        problems.append(f"cannot reach the head node's Ray at {address}: {error}")
     if "film" in labs:
         try:
             find_blender()

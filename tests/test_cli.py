@@ -237,6 +237,9 @@ def test_node_join_builds_the_ray_start_of_the_farms_labs() -> None:
         "--num-gpus",
         "2",
     ]
+    away = farm("node", "join", "--address", "127.0.0.1:9", "--lab", "ml")  # nothing listens
+    assert away.returncode == 2
+    assert away.stderr.startswith("error: cannot reach the head node's Ray at 127.0.0.1:9: ")
     bad = farm("node", "join", "--address", "head:6379", "--lab", "Film Lab", "--dry-run")
     assert bad.returncode == 2
     assert bad.stderr.strip() == (
