@@ -4,8 +4,9 @@ Reads go straight to the store (SQLite in WAL mode lets them run beside the sche
 submissions are validated and stored here, then handed to the scheduler; everything that changes a
 state (cancel, pause, resume, retry) runs on the scheduler's thread. Every refusal is a 4xx whose
 ``detail`` is one line naming the problem: 422 for a request that does not fit the spec (an unknown
-field, a wrong type: bodies are checked strictly, so ``"3"`` or ``true`` is not a number), 404 for a job
-that does not exist, 400 for anything else the farm refuses (a missing scene, a job already finished).
+field, a wrong type: bodies are checked strictly, so ``"3"`` or ``true`` is not a number), 404 for
+a job that does not exist (any id a store could not hold included), 400 for anything else the farm
+refuses (a missing scene, a job already finished).
 """
 
 import getpass

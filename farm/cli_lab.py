@@ -21,6 +21,7 @@ from farm.client import Client, config_file
 from farm.client import login as save_login
 from farm.errors import FarmError, RenderFailed
 from farm.views import Farm, connect, remote
+from pipelines.render import user_path
 
 POLL = 0.5  # seconds between reads of a watched job
 FINISHED = ("done", "failed", "cancelled")
@@ -36,13 +37,13 @@ def submission(client: Client, kwargs: dict[str, Any]) -> dict[str, Any]:
     the scene travels to the server and a relative output lands in the server's outputs folder."""
     body = {k: v for k, v in kwargs.items() if v is not None}
     body["format"] = body.pop("fmt", None)
-    scene = Path(body["scene"]).expanduser()
+    scene = user_path("scene", body["scene"])
     if body.pop("upload", False):
         body["scene"], body["name"] = client.upload_scene(scene), scene.name
     else:
         body["scene"] = str(scene.absolute())
         if body.get("output"):
-            body["output"] = str(Path(body["output"]).expanduser().absolute())
+            body["output"] = str(user_path("output", body["output"]).absolute())
     body["after"] = list(body.get("after", ()))
     return {k: v for k, v in body.items() if v is not None}
 

@@ -25,14 +25,16 @@ def join_ray(address: str | None) -> str:
     """Join the cluster at ``address`` (``auto``: the one this machine runs); with ``auto`` and no
     cluster, start a local one. Returns how it went, for the start-up line."""
     if address in (None, "", "local"):
-        ensure_ray()
+        # "local", never None: ray.init() with no address joins the cluster this machine last
+        # started (/tmp/ray/ray_current_cluster), which is not the local Ray asked for.
+        ensure_ray("local")
         return "a local Ray started by the server"
     try:
         ensure_ray(address)
     except (ConnectionError, RuntimeError) as error:
         if address != "auto":
             raise FarmError(f"cannot join the Ray cluster at {address}: {error}") from None
-        ensure_ray()
+        ensure_ray("local")
         return "a local Ray started by the server (no cluster was running on this machine)"
     nodes = sum(1 for n in ray.nodes() if n.get("Alive"))
     return f"the Ray cluster at {address} ({nodes} node{'s' if nodes != 1 else ''})"

@@ -116,6 +116,16 @@ def _resolution(text: str) -> tuple[int, int]:
     return width, height
 
 
+def user_path(what: str, text: str) -> Path:
+    """A path the user typed, ``~`` expanded; one line naming it when it cannot be a path."""
+    if "\x00" in text:
+        raise FarmError(f"{what} {text!r} contains a NUL character")
+    try:
+        return Path(text).expanduser()
+    except RuntimeError:  # ~someone with no such user (or no home)
+        raise FarmError(f"{what} {text!r}: {text.split('/')[0]} is no user's home folder") from None
+
+
 def _check_blend(path: Path) -> None:
     if not path.exists():
         raise FarmError(f"scene file {path} does not exist")
@@ -132,7 +142,7 @@ def _check_blend(path: Path) -> None:
 
 def validate(request: RenderRequest) -> RenderSpec:
     """Everything that can be refused without starting Blender, refused with one clear line."""
-    scene = Path(request.scene).expanduser()
+    scene = user_path("scene", request.scene)
     _check_blend(scene)
     frames = tuple(parse_frames(request.frames)) if request.frames is not None else None
     _positive("chunk", request.chunk)
@@ -162,6 +172,7 @@ def validate(request: RenderRequest) -> RenderSpec:
         suffix = Path(pattern).suffix.lower()
     if fmt is not None and FORMATS[suffix] != fmt:
         raise FarmError(f"output {pattern!r} does not end in {EXTENSIONS[fmt]} for --format {fmt}")
+    user_path("output", pattern)
     output = OutputPattern(pattern)
     if not output.has_frame and (frames is None or len(frames) > 1):
         raise FarmError(
