@@ -28,6 +28,7 @@ test: lint
 bench: setup
 	$(BIN)/python benchmarks/assembly.py
 	$(BIN)/python benchmarks/render_shot.py
+	$(BIN)/python benchmarks/scheduler.py
 
 clean:
 	rm -rf $(VENV) .farm renders

@@ -34,21 +34,29 @@ class ProbeJob(ActiveJob):
         super().__init__(row, tasks, self.spec.retries)
         self.resources = probe.resources(self.spec)
         self.ahead = max(2, min(MAX_AHEAD, int(AHEAD_SECONDS / max(self.spec.seconds, 1e-3))))
+        self.share = {k: v / self.ahead for k, v in self.resources.items()}
         self.nodes: dict[str, int] = {}
+        self._sender: tuple[frozenset[str], Any] | None = None
 
     def place(self, scheduler: Scheduler, starts: list[Start]) -> None:
-        share = {k: v / self.ahead for k, v in self.resources.items()}
+        share = self.share
         while self.queued and scheduler.capacity.fits(share):
             scheduler.capacity.hold(share)
             starts.append(Start(self, self.queued.popleft(), None, self.resources, share))
 
     def launch(self, scheduler: Scheduler, start: Start) -> Any:
-        options: dict[str, Any] = {"num_cpus": self.spec.cpus, "num_gpus": self.spec.gpus}
-        if self.blocked:
-            options["label_selector"] = {NODE_LABEL: f"!in({','.join(sorted(self.blocked))})"}
-        return _remote.options(**options).remote(
-            self.spec.seconds, start.task.attempts, self.spec.fail_first
-        )
+        return self._function().remote(self.spec.seconds, start.task.attempts, self.spec.fail_first)
+
+    def _function(self) -> Any:
+        """The remote function with the job's options, made again only when the nodes blocked for
+        the job change: making it costs a third of what sending a task does."""
+        blocked = frozenset(self.blocked)
+        if self._sender is None or self._sender[0] != blocked:
+            options: dict[str, Any] = {"num_cpus": self.spec.cpus, "num_gpus": self.spec.gpus}
+            if blocked:
+                options["label_selector"] = {NODE_LABEL: f"!in({','.join(sorted(blocked))})"}
+            self._sender = (blocked, _remote.options(**options))
+        return self._sender[1]
 
     def node_of(self, result: str) -> str:
         return result

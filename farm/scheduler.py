@@ -13,8 +13,10 @@ from __future__ import annotations
 import collections
 import contextlib
 import itertools
+import json
 import logging
 import queue
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -26,7 +28,7 @@ from typing import Any
 import ray
 from ray.exceptions import RayActorError, RayTaskError, TaskCancelledError
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-from sqlalchemy import func, select, update
+from sqlalchemy import Text, cast, func, select, update
 from sqlalchemy.engine import Engine
 
 from farm import states
@@ -42,6 +44,7 @@ from workers.blender_session import BlenderError
 from workers.progress import ProgressChannel
 
 TICK = 0.05  # longest wait on Ray before the loop looks at new commands
+WAKE_SHARE = 4  # with N tasks in flight, the loop wakes once N / WAKE_SHARE are done (or at TICK)
 PROGRESS_TICK = 0.5  # seconds between drains of the progress channel
 REFRESH = 2.0  # seconds between reads of the cluster's resources
 SLOT_START_FAILURES = 3  # slots of a job that fail to start in a row before its tasks fail
@@ -81,7 +84,12 @@ class Capacity:
             self._read = time.monotonic()
 
     def fits(self, need: dict[str, float]) -> bool:
-        return all(self.total.get(k, 0.0) - self.held[k] >= v - 1e-9 for k, v in need.items())
+        # A plain loop: the scheduler asks this of every job with work on every turn.
+        total, held = self.total, self.held
+        for name, amount in need.items():
+            if total.get(name, 0.0) - held[name] < amount - 1e-9:
+                return False
+        return True
 
     def hold(self, need: dict[str, float]) -> None:
         self.held.update(need)
@@ -196,9 +204,12 @@ class Scheduler:
         return TaskRef(row.id, row.job_id, row.key, State(row.state), row.attempts, row.payload)
 
     def recover(self) -> None:
-        """Take up every unfinished job of the store (after a restart, or a first start)."""
+        """Take up every unfinished job of the store (after a restart, or a first start), in the
+        farm's order, so that each joins the end of it (see :meth:`_ordered`)."""
         ids = self.db.scalars(
-            select(Job.id).where(Job.state.not_in([s.value for s in State if s.finished]))
+            select(Job.id)
+            .where(Job.state.not_in([s.value for s in State if s.finished]))
+            .order_by(Job.priority.desc(), Job.submitted_at, Job.id)
         )
         for job_id in list(ids):
             self.load(job_id)
@@ -211,11 +222,22 @@ class Scheduler:
         if row is None or State(row.state).finished:
             return None
         rows = self.db.execute(
-            select(Task.id, Task.key, Task.state, Task.attempts, Task.payload).where(
-                Task.job_id == job_id
-            )
+            select(Task.id, Task.key, Task.state, Task.attempts, cast(Task.payload, Text))
+            .where(Task.job_id == job_id)
+            .order_by(Task.id)
         )
-        tasks = [TaskRef(i, job_id, k, State(s), a, p) for i, k, s, a, p in rows]
+        # A store may hold a million queued tasks: they share their states, their keys (p0, f12.t3
+        # recur in every job) and one decoded payload per distinct text (payloads are read-only).
+        state_of = {s.value: s for s in State}
+        payloads: dict[str, dict[str, Any]] = {}
+        tasks: list[TaskRef] = []
+        for task_id, key, state, attempts, text in rows:
+            payload = payloads.get(text)
+            if payload is None:
+                payload = payloads[text] = json.loads(text)
+            tasks.append(
+                TaskRef(task_id, job_id, sys.intern(key), state_of[state], attempts, payload)
+            )
         failures = dict(
             self.db.execute(
                 select(Attempt.task_id, func.count())
@@ -224,8 +246,9 @@ class Scheduler:
                 .group_by(Attempt.task_id)
             ).all()
         )
-        for task in tasks:
-            task.failures = failures.get(task.id, 0)
+        if failures:
+            for task in tasks:
+                task.failures = failures.get(task.id, 0)
         lost = [t for t in tasks if t.state is State.RUNNING]
         states.end(
             self.db,
@@ -236,7 +259,15 @@ class Scheduler:
         except (FarmError, OSError) as error:
             self._fail_unstarted(row, str(error))
             return None
+        # Jobs are kept in the farm's order (see _ordered): the job goes in after every job ahead
+        # of it, which is at the end unless it outranks the newest jobs.
+        key = job.order_key()
+        behind = list(
+            itertools.takewhile(lambda j: j.order_key() > key, reversed(self.jobs.values()))
+        )
         self.jobs[job_id] = job
+        for other in reversed(behind):
+            self.jobs[other.id] = self.jobs.pop(other.id)
         self._hold_for_dependencies(job)
         return job
 
@@ -313,10 +344,10 @@ class Scheduler:
         ending idle slots that no job ahead of it wants."""
         need = profile.resources
         if not self.capacity.fits(need):
-            wanted = self._wanted_until(job)
-            idle = [
-                s for s in self.pool.slots if s.ready and s.load == 0 and s.profile not in wanted
-            ]
+            idle = [s for s in self.pool.slots if s.ready and s.load == 0]
+            if idle:  # what jobs ahead want is a walk along the order: only when there is choice
+                wanted = self._wanted_until(job)
+                idle = [s for s in idle if s.profile not in wanted]
             for slot in sorted(idle, key=lambda s: s.idle_since):
                 if self.capacity.fits(need):
                     break
@@ -346,14 +377,27 @@ class Scheduler:
             self.opening.pop(slot.opening, None)
 
     def _ordered(self) -> list[ActiveJob]:
-        return sorted(self.jobs.values(), key=ActiveJob.order_key)
+        """The active jobs in the farm's order (:meth:`ActiveJob.order_key`). ``self.jobs`` is kept
+        in that order by :meth:`load`, the one way in, because a job's key does not change while
+        it is active: no sort of every job on every turn of the loop."""
+        return list(self.jobs.values())
+
+    def _decide(self) -> list[Start]:
+        """The turn's decisions: every job that may run, in the farm's order, places what fits.
+        With a thousand jobs queued this walk is the cost of a decision: a probe job whose task's
+        share does not fit would place nothing, so it is passed over before anything else of it
+        is read (its state lives in its store row)."""
+        starts: list[Start] = []
+        for job in self._ordered():
+            if isinstance(job, ProbeJob) and not self.capacity.fits(job.share):
+                continue
+            if job.dispatchable:
+                job.place(self, starts)
+        return starts
 
     def _dispatch(self) -> None:
         self.capacity.refresh()
-        starts: list[Start] = []
-        for job in self._ordered():
-            if job.dispatchable:
-                job.place(self, starts)
+        starts = self._decide()
         if not starts:
             return
         states.start(
@@ -367,16 +411,24 @@ class Scheduler:
             ref = start.job.launch(self, start)
             self.flights[ref] = Flight(start, next(self._sequence))
             start.job.in_flight += 1
-            frames = start.task.payload.get("frames")
-            self.emit(Event("started", start.job.id, start.task.key, frames[0] if frames else None))
+            if self.listeners:  # the server has none: build no Event per task for nobody
+                frames = start.task.payload.get("frames")
+                event = Event(
+                    "started", start.job.id, start.task.key, frames[0] if frames else None
+                )
+                self.emit(event)
 
     def _wait(self, timeout: float) -> None:
+        """Wait for results. With many tasks in flight, wake for a share of them rather than for
+        each one (or at ``timeout``): each turn costs a transaction and a ``ray.wait`` over every
+        ref, while the rest of the flights keep Ray busy. A few in flight: wake for the first."""
         refs = [*self.flights, *self.opening]
         if not refs:
             self._idle(timeout)
             return
-        ready, _ = ray.wait(refs, num_returns=1, timeout=timeout)
-        if ready and len(refs) > 1:
+        batch = max(1, len(self.flights) // WAKE_SHARE)
+        ready, _ = ray.wait(refs, num_returns=batch, timeout=timeout)
+        if ready and len(refs) > len(ready):
             more, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
             ready = list(dict.fromkeys([*ready, *more]))
         for ref in [r for r in ready if r in self.opening]:
@@ -439,7 +491,11 @@ class Scheduler:
         endings: list[Ending] = []
         unstarts: list[TaskRef] = []
         then: list[Callable[[], None]] = []
-        for ref in refs:
+        try:  # every result in one call; a batch with a failure in it is read ref by ref below
+            results: list[Any] | None = ray.get(refs)
+        except Exception:
+            results = None
+        for index, ref in enumerate(refs):
             flight = self.flights.pop(ref)
             start = flight.start
             job, task, slot = start.job, start.task, start.slot
@@ -450,7 +506,7 @@ class Scheduler:
                 slot.load -= 1
                 slot.idle_since = time.monotonic()
             try:
-                result = ray.get(ref)
+                result = ray.get(ref) if results is None else results[index]
             except RayActorError as error:
                 if slot is not None:
                     self._remove_slot(slot)
@@ -470,8 +526,9 @@ class Scheduler:
             else:
                 endings.append(Ending(task, State.DONE, job.node_of(result)))
                 then.append(_bind(job.succeeded, self, task, result))
-                frames = task.payload.get("frames")
-                self.emit(Event("done", job.id, task.key, frames[0] if frames else None))
+                if self.listeners:
+                    frames = task.payload.get("frames")
+                    self.emit(Event("done", job.id, task.key, frames[0] if frames else None))
         endings = [self._unless_cancelled(e) for e in endings]
         states.end(self.db, endings)
         states.unstart(self.db, unstarts)

@@ -27,6 +27,8 @@ from farm.store import Attempt, Event, Job, Task, TaskLog, now
 
 _TASKS = Task.__table__
 _ATTEMPTS = Attempt.__table__
+_JOBS = Job.__table__
+_EVENTS = Event.__table__
 
 
 class State(enum.StrEnum):
@@ -94,6 +96,45 @@ def _check(what: str, old: State, new: State) -> None:
         raise IllegalTransition(f"{what}: {old} → {new} is not allowed")
 
 
+def _set_state(table: Any) -> Any:
+    return (
+        update(table)
+        .where(table.c.id.in_(bindparam("ids", expanding=True)), table.c.state == bindparam("old"))
+        .values(state=bindparam("new"))
+    )
+
+
+# Statements are built once: on SQLite, building one through SQLAlchemy costs more than running it.
+_SET_STATE = {_TASKS: _set_state(_TASKS), _JOBS: _set_state(_JOBS)}
+_START = (
+    update(_TASKS)
+    .where(_TASKS.c.id == bindparam("tid"), _TASKS.c.state == bindparam("old"))
+    .values(state=State.RUNNING.value, attempts=bindparam("number"))
+)
+_OPEN_ATTEMPT = insert(_ATTEMPTS)
+_CLOSE_ATTEMPT = (
+    update(_ATTEMPTS)
+    .where(_ATTEMPTS.c.task_id == bindparam("tid"), _ATTEMPTS.c.number == bindparam("n"))
+    .values(
+        ended_at=bindparam("moment"),
+        status=bindparam("status"),
+        error=bindparam("summary"),
+        # An ending that names no node keeps the node the attempt started on.
+        node=case((bindparam("where") == "", _ATTEMPTS.c.node), else_=bindparam("where")),
+    )
+)
+_ADD_EVENT = insert(_EVENTS)
+
+
+def _changed(db: Session, result: Any, expected: int, old: State) -> None:
+    """Roll back unless every row the caller saw in ``old`` moved: another writer came first."""
+    if result.rowcount != expected:
+        db.rollback()
+        raise IllegalTransition(
+            f"{expected - result.rowcount} of {expected} rows were no longer {old}"
+        )
+
+
 def _compare_and_set(
     db: Session, table: Any, ids_by_old: dict[State, list[int]], new: State
 ) -> None:
@@ -101,23 +142,16 @@ def _compare_and_set(
         for start in range(0, len(ids), 500):
             chunk = ids[start : start + 500]
             result = db.execute(
-                update(table)
-                .where(table.id.in_(chunk), table.state == old.value)
-                .values(state=new.value)
-                .execution_options(synchronize_session=False)
+                _SET_STATE[table], {"ids": chunk, "old": old.value, "new": new.value}
             )
-            if result.rowcount != len(chunk):
-                db.rollback()
-                raise IllegalTransition(
-                    f"{len(chunk) - result.rowcount} of {len(chunk)} rows were no longer {old}"
-                )
+            _changed(db, result, len(chunk), old)
 
 
 def move_job(db: Session, job: Job, new: State, message: str = "") -> None:
     """Change a job's state and record it."""
     old = State(job.state)
     _check(f"job {job.id}", old, new)
-    _compare_and_set(db, Job, {old: [job.id]}, new)
+    _compare_and_set(db, _JOBS, {old: [job.id]}, new)
     values: dict[str, Any] = {}
     if new is State.RUNNING and job.started_at is None:
         values["started_at"] = now()
@@ -140,18 +174,17 @@ def start(db: Session, starts: Sequence[tuple[TaskRef, str, dict[str, float]]]) 
     ``resources``; one transaction."""
     if not starts:
         return
-    by_old: dict[State, list[int]] = defaultdict(list)
     for task, _, _ in starts:
         _check(f"task {task.job_id}/{task.key}", task.state, State.RUNNING)
-        by_old[task.state].append(task.id)
-    _compare_and_set(db, Task, by_old, State.RUNNING)
-    db.execute(
-        update(_TASKS).where(_TASKS.c.id == bindparam("tid")).values(attempts=bindparam("number")),
-        [{"tid": t.id, "number": t.attempts + 1} for t, _, _ in starts],
+    # State and attempt count in one statement a row, still compare-and-set on the state.
+    result = db.execute(
+        _START,
+        [{"tid": t.id, "old": t.state.value, "number": t.attempts + 1} for t, _, _ in starts],
     )
+    _changed(db, result, len(starts), State.QUEUED)
     moment = now()
     db.execute(
-        insert(_ATTEMPTS),
+        _OPEN_ATTEMPT,
         [
             {
                 "task_id": task.id,
@@ -183,22 +216,15 @@ def end(db: Session, endings: Sequence[Ending]) -> None:
         _check(f"task {task.job_id}/{task.key}", task.state, ending.state)
         by_new[ending.state].append(task.id)
     for new, ids in by_new.items():
-        _compare_and_set(db, Task, {State.RUNNING: ids}, new)
+        _compare_and_set(db, _TASKS, {State.RUNNING: ids}, new)
     moment = now()
     db.execute(
-        update(_ATTEMPTS)
-        .where(_ATTEMPTS.c.task_id == bindparam("tid"), _ATTEMPTS.c.number == bindparam("n"))
-        .values(
-            ended_at=moment,
-            status=bindparam("status"),
-            error=bindparam("summary"),
-            # An ending that names no node keeps the node the attempt started on.
-            node=case((bindparam("where") == "", _ATTEMPTS.c.node), else_=bindparam("where")),
-        ),
+        _CLOSE_ATTEMPT,
         [
             {
                 "tid": e.task.id,
                 "n": e.task.attempts,
+                "moment": moment,
                 "status": e.attempt_status or ("done" if e.state is State.DONE else "failed"),
                 "summary": e.error.splitlines()[0] if e.error else "",
                 "where": e.node,
@@ -243,9 +269,9 @@ def move(db: Session, tasks: Iterable[TaskRef], new: State, message: str = "") -
             )
         _check(f"task {task.job_id}/{task.key}", task.state, new)
         by_old[task.state].append(task.id)
-    _compare_and_set(db, Task, by_old, new)
+    _compare_and_set(db, _TASKS, by_old, new)
     db.execute(
-        insert(Event.__table__),
+        _ADD_EVENT,
         [
             {
                 "job_id": t.job_id,
@@ -270,7 +296,7 @@ def unstart(db: Session, tasks: Sequence[TaskRef]) -> None:
     for task in tasks:
         if task.state is not State.RUNNING:
             raise IllegalTransition(f"task {task.job_id}/{task.key}: {task.state} has no attempt")
-    _compare_and_set(db, Task, {State.RUNNING: [t.id for t in tasks]}, State.QUEUED)
+    _compare_and_set(db, _TASKS, {State.RUNNING: [t.id for t in tasks]}, State.QUEUED)
     for task in tasks:
         db.execute(
             Attempt.__table__.delete().where(
