@@ -26,6 +26,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
 from farm import __version__, submit
+from farm.client import PREFIX, USER_HEADER
 from farm.errors import FarmError
 from farm.jobs import (
     job_events,
@@ -45,8 +46,6 @@ from pipelines import probe, render
 from pipelines.probe import ProbeSpec
 from pipelines.render import RenderRequest
 
-PREFIX = "/api/v1"
-USER_HEADER = "X-Farm-User"  # who submits, until the farm has accounts and tokens
 Text = Annotated[str, Field(max_length=4096)]
 Short = Annotated[str, Field(max_length=64)]
 Lab = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,31}$")]

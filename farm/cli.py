@@ -7,23 +7,24 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from farm import __version__, embedded
+from farm import __version__
 from farm.cli_lab import COMMANDS, FINISHED, POLL, submit_render, watch_job
 from farm.cli_options import render_options
 from farm.client import server_url
 from farm.config import SlotLayout, farm_home, find_blender
-from farm.display import JobDisplay
-from farm.embedded import RunOptions, RunSummary
 from farm.errors import FarmError, RenderFailed
 from farm.views import Farm, RemoteFarm, connect
 from pipelines.render import RenderRequest, validate
+
+if TYPE_CHECKING:
+    from farm import embedded
 
 EXAMPLE_BUILDER = Path(__file__).resolve().parent.parent / "examples" / "build_shot.py"
 
@@ -46,7 +47,10 @@ def _render(scene: str, kwargs: dict[str, Any]) -> None:
     kwargs["format"] = kwargs.pop("fmt")
     spec = validate(RenderRequest(scene=scene, **kwargs))
     layout = SlotLayout.resolve(slots, threads)
-    options = RunOptions(find_blender(), layout.slots, layout.threads, stall_timeout)
+    from farm import embedded  # Ray and the scheduler load only where a render runs here
+    from farm.display import JobDisplay
+
+    options = embedded.RunOptions(find_blender(), layout.slots, layout.threads, stall_timeout)
     store = f"sqlite:///{(farm_home() / 'farm.db').absolute()}"
     display = JobDisplay()
     with display:
@@ -55,7 +59,7 @@ def _render(scene: str, kwargs: dict[str, Any]) -> None:
     _finish(summary, as_json)
 
 
-def _finish(summary: RunSummary, as_json: bool) -> None:
+def _finish(summary: embedded.RunSummary, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(summary.as_json(), indent=2))
     if not summary.ok:

@@ -14,11 +14,12 @@ from typing import Any
 
 import httpx
 
-from farm.api import PREFIX, USER_HEADER
 from farm.errors import FarmError
 from farm.scenes import digest_of
 
 TIMEOUT = 30.0
+PREFIX = "/api/v1"  # the API's version 1
+USER_HEADER = "X-Farm-User"  # who submits, until the farm has accounts and tokens
 
 
 def config_file() -> Path:

@@ -122,15 +122,25 @@ def end_orphans(db: Session) -> None:
         run = job.spec.get("run", {})
         if run.get("host") != host or not run.get("pid") or _running(run["pid"]):
             continue
-        reason = f"the farm render that ran it (pid {run['pid']}) stopped"
-        tasks = [Scheduler.ref(t) for t in job.tasks]
-        lost = [t for t in tasks if t.state is State.RUNNING]
-        states.end(db, [Ending(t, State.QUEUED, attempt_status="lost") for t in lost])
-        waiting = [t for t in tasks if t.state in (State.QUEUED, State.PAUSED, State.HELD)]
-        states.move(db, waiting, State.FAILED, reason)
-        states.move_job(
-            db, job, State.FAILED if job.state != State.PAUSED else State.CANCELLED, reason
-        )
+        abandon(db, job, f"the farm render that ran it (pid {run['pid']}) stopped")
+
+
+def abandon(db: Session, job: Job, reason: str, interrupted: bool = False) -> None:
+    """End a job nobody will run any more: attempts left running are lost, waiting tasks end with
+    the job (cancelled when the user interrupted it, else failed)."""
+    db.rollback()
+    db.expire_all()
+    ended = State.CANCELLED if interrupted or job.state not in _ACTIVE else State.FAILED
+    tasks = [Scheduler.ref(t) for t in job.tasks]
+    lost = [t for t in tasks if t.state is State.RUNNING]
+    states.end(db, [Ending(t, State.QUEUED, attempt_status="lost") for t in lost])
+    waiting = [t for t in tasks if t.state in (State.QUEUED, State.PAUSED, State.HELD)]
+    states.move(db, waiting, ended if ended is State.CANCELLED else State.FAILED, reason)
+    if not State(job.state).finished:
+        states.move_job(db, job, ended, reason)
+
+
+_ACTIVE = (State.QUEUED, State.RUNNING)
 
 
 def render(
@@ -171,11 +181,16 @@ def render(
     try:
         job = scheduler.run_until_finished(job_id)
     except BaseException as error:
+        scheduler.close(graceful=False)  # Ctrl-C or an error: no waiting on busy slots
         row = scheduler.db.get(Job, job_id)
-        if row is not None and not State(row.state).finished:
-            ended = State.CANCELLED if isinstance(error, KeyboardInterrupt) else State.FAILED
-            states.move_job(scheduler.db, row, ended, message=str(error) or type(error).__name__)
-        scheduler.close(graceful=False)
+        if row is not None:
+            reason = "interrupted" if isinstance(error, KeyboardInterrupt) else str(error)
+            abandon(
+                scheduler.db,
+                row,
+                reason or type(error).__name__,
+                isinstance(error, KeyboardInterrupt),
+            )
         raise
     scheduler.close()
     assert isinstance(job, RenderJob)

@@ -38,6 +38,10 @@ class ProbeJob(ActiveJob):
         self.nodes: dict[str, int] = {}
         self._sender: tuple[frozenset[str], Any] | None = None
 
+    @property
+    def needs(self) -> dict[str, float]:
+        return self.resources
+
     def place(self, scheduler: Scheduler, starts: list[Start]) -> None:
         share = self.share
         while self.queued and scheduler.capacity.fits(share):

@@ -28,7 +28,7 @@ from typing import Any
 import ray
 from ray.exceptions import RayActorError, RayTaskError, TaskCancelledError
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-from sqlalchemy import Text, cast, func, select, update
+from sqlalchemy import Text, cast, func, or_, select, update
 from sqlalchemy.engine import Engine
 
 from farm import states
@@ -39,6 +39,7 @@ from farm.render_job import RenderJob, written_frames
 from farm.slots import Slot, SlotPool, SlotProfile
 from farm.states import Ending, State, TaskRef
 from farm.store import Attempt, Job, Task, TaskLog, session
+from farm.store import Event as StoreEvent
 from farm.tiling.assemble import BufferPool
 from workers.blender_session import BlenderError
 from workers.progress import ProgressChannel
@@ -47,6 +48,7 @@ TICK = 0.05  # longest wait on Ray before the loop looks at new commands
 WAKE_SHARE = 4  # with N tasks in flight, the loop wakes once N / WAKE_SHARE are done (or at TICK)
 PROGRESS_TICK = 0.5  # seconds between drains of the progress channel
 REFRESH = 2.0  # seconds between reads of the cluster's resources
+RETRIED = "retried"  # the message of a task queued again by hand: its earlier failures are spent
 SLOT_START_FAILURES = 3  # slots of a job that fail to start in a row before its tasks fail
 
 log = logging.getLogger(__name__)
@@ -238,14 +240,7 @@ class Scheduler:
             tasks.append(
                 TaskRef(task_id, job_id, sys.intern(key), state_of[state], attempts, payload)
             )
-        failures = dict(
-            self.db.execute(
-                select(Attempt.task_id, func.count())
-                .join(Task, Task.id == Attempt.task_id)
-                .where(Task.job_id == job_id, Attempt.status == "failed")
-                .group_by(Attempt.task_id)
-            ).all()
-        )
+        failures = self._failures_since_retry(job_id)
         if failures:
             for task in tasks:
                 task.failures = failures.get(task.id, 0)
@@ -271,6 +266,31 @@ class Scheduler:
         self._hold_for_dependencies(job)
         return job
 
+    def _failures_since_retry(self, job_id: int) -> dict[int, int]:
+        """Failed attempts per task since its last retry by hand: those spend its retries."""
+        retried = (
+            select(StoreEvent.task_id, func.max(StoreEvent.at).label("at"))
+            .where(
+                StoreEvent.job_id == job_id,
+                StoreEvent.kind == State.QUEUED.value,
+                StoreEvent.message == RETRIED,
+            )
+            .group_by(StoreEvent.task_id)
+            .subquery()
+        )
+        rows = self.db.execute(
+            select(Attempt.task_id, func.count())
+            .join(Task, Task.id == Attempt.task_id)
+            .outerjoin(retried, retried.c.task_id == Attempt.task_id)
+            .where(
+                Task.job_id == job_id,
+                Attempt.status == "failed",
+                or_(retried.c.at.is_(None), Attempt.started_at > retried.c.at),
+            )
+            .group_by(Attempt.task_id)
+        )
+        return dict(rows.all())
+
     def _activate(self, row: Job, tasks: list[TaskRef]) -> ActiveJob:
         if row.kind == "probe":
             return ProbeJob(row, tasks)
@@ -288,20 +308,32 @@ class Scheduler:
         self.emit(Event("finished", row.id, message=reason))
 
     def _hold_for_dependencies(self, job: ActiveJob) -> None:
-        waiting = self._unmet(job)
-        if waiting and job.state is State.QUEUED:
-            states.move_job(self.db, job.row, State.HELD, f"waiting for job {waiting[0]}")
-        elif not waiting and job.state is State.HELD:
-            states.move_job(self.db, job.row, State.QUEUED, "its dependencies are done")
-
-    def _unmet(self, job: ActiveJob) -> list[int]:
+        """Hold a job while a job it runs after is not done, saying which and why; release it
+        once they all are."""
         after = list(job.row.depends_on or [])
-        if not after:
-            return []
-        done = set(
-            self.db.scalars(select(Job.id).where(Job.id.in_(after), Job.state == State.DONE))
+        unmet = (
+            self.db.execute(
+                select(Job.id, Job.state).where(Job.id.in_(after), Job.state != State.DONE)
+            ).all()
+            if after
+            else []
         )
-        return [j for j in after if j not in done]
+        if not unmet:
+            if job.state is State.HELD:
+                states.move_job(self.db, job.row, State.QUEUED, "its dependencies are done")
+            return
+        ended = [(j, state) for j, state in unmet if State(state).finished]
+        # Held, as Slurm's "dependency never satisfied": it runs if that job is retried and done.
+        why = (
+            f"job {ended[0][0]} ended {ended[0][1]}: this job waits until it is retried and done"
+            if ended
+            else f"waiting for job {unmet[0][0]}"
+        )
+        if job.state is State.QUEUED:
+            states.move_job(self.db, job.row, State.HELD, why)
+        elif job.state is State.HELD:  # still held, for a new reason
+            self.db.add(StoreEvent(job_id=job.id, kind=State.HELD.value, message=why))
+            self.db.commit()
 
     # One turn of the loop.
 
@@ -529,6 +561,12 @@ class Scheduler:
                 if self.listeners:
                     frames = task.payload.get("frames")
                     self.emit(Event("done", job.id, task.key, frames[0] if frames else None))
+        for slot in [
+            s
+            for s in self._died_running
+            if not any(f.start.slot is s for f in self.flights.values())
+        ]:
+            del self._died_running[slot]  # every task it held is accounted for
         endings = [self._unless_cancelled(e) for e in endings]
         states.end(self.db, endings)
         states.unstart(self.db, unstarts)
@@ -583,8 +621,12 @@ class Scheduler:
 
     def _block(self, job: ActiveJob, node: str) -> None:
         """No more of the job's tasks on ``node``, while another node can take them."""
-        alive = {n["NodeID"] for n in ray.nodes() if n.get("Alive")}
-        if not alive - job.blocked - {node}:
+        able = {
+            n["NodeID"]
+            for n in ray.nodes()
+            if n.get("Alive") and all(n["Resources"].get(k, 0.0) >= v for k, v in job.needs.items())
+        }
+        if not able - job.blocked - {node}:
             return
         job.blocked.add(node)
         self.db.execute(
@@ -761,7 +803,7 @@ class Scheduler:
                 raise FarmError(f"job {job_id} has no failed or cancelled tasks to retry")
         if State(row.state).finished:
             states.move_job(self.db, row, State.QUEUED, "retried")
-        states.move(self.db, chosen, State.QUEUED, "retried")
+        states.move(self.db, chosen, State.QUEUED, RETRIED)
         if job is None:
             self.load(job_id)
         else:

@@ -445,6 +445,17 @@ def test_a_dependent_job_is_held_until_its_dependency_is_done(api):
     assert _event_ids(api, third, "held") == []
 
 
+def test_a_job_after_a_failed_one_stays_held_saying_why_and_runs_once_it_is_retried(api):
+    first = submit_probe(api, tasks=1, fail_first=1, retries=0)
+    second = submit_probe(api, tasks=1, after=[first])
+    assert finished(api, first)["state"] == "failed"
+    held = wait_until(api, second, lambda i: "retried and done" in i["message"], "why", timeout=10)
+    assert held["state"] == "held" and f"job {first} ended failed" in held["message"], held
+    assert change(api, first, "retry") == "1 task(s) queued again"
+    assert finished(api, first)["state"] == "done"
+    assert finished(api, second)["state"] == "done"
+
+
 def test_pause_holds_queued_tasks_while_running_ones_finish_and_resume_finishes(api):
     job = submit_probe(api, tasks=8, seconds=0.5)
     wait_until(api, job, lambda i: i["tasks"]["running"] > 0, "running", timeout=20)
@@ -505,11 +516,6 @@ def test_retry_requeues_failed_tasks_and_the_job_finishes_done(api):
     assert ("queued", "retried") in events and ("retry", "") not in events, events
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="scheduler bug: a retried finished job is reloaded with its old failed attempts "
-    "counted, so each task gets one attempt instead of 1 + retries (farm/scheduler.py retry/load)",
-)
 def test_retry_of_a_finished_job_gives_each_task_its_retries_again(api):
     # fail_first=3, retries=1: attempts 1 and 2 fail (failed); after the retry, attempt 3 fails and
     # is retried, attempt 4 succeeds, as `farm retry` promises ("earlier failures no longer count").

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import OpenImageIO as oiio
+import psutil
 import pytest
 
 
@@ -245,3 +246,31 @@ def test_node_join_builds_the_ray_start_of_the_farms_labs() -> None:
     assert bad.stderr.strip() == (
         "error: --lab 'Film Lab': use lower-case letters, digits and _ (e.g. film, ml)"
     )
+
+
+def test_ctrl_c_cancels_the_job_and_stops_its_blenders(make_scene, tmp_path) -> None:
+    slow = make_scene(96, 54, samples=3000, frames=2)
+    command = [
+        sys.executable,
+        "-m",
+        "farm",
+        "render",
+        str(slow),
+        "-o",
+        str(tmp_path / "s_####.exr"),
+    ]
+    render = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not any(j["tasks"]["running"] for j in json.loads(farm("jobs", "--json").stdout or "[]")):
+        assert time.monotonic() < deadline and render.poll() is None, "the render never started"
+        time.sleep(0.2)
+    render.send_signal(signal.SIGINT)
+    _, stderr = render.communicate(timeout=60)
+    assert render.returncode == 130 and stderr.strip().endswith("error: interrupted")
+    [job] = json.loads(farm("jobs", "--json").stdout)
+    assert job["state"] == "cancelled" and job["tasks"]["running"] == job["tasks"]["queued"] == 0
+    assert not [
+        p
+        for p in psutil.process_iter(["name", "cmdline"])
+        if "blender" in (p.info["name"] or "") and str(slow) in " ".join(p.info["cmdline"] or [])
+    ]
