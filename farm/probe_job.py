@@ -25,6 +25,10 @@ MAX_AHEAD = 256
 
 _remote = ray.remote(probe_task)
 
+# One share dict per distinct share, held by every job that asks it: the scheduler's walk reads a
+# job's share on every turn, and a thousand jobs then read one dict already in the CPU's cache.
+_SHARES: dict[tuple[tuple[str, float], ...], dict[str, float]] = {}
+
 
 class ProbeJob(ActiveJob):
     kind = "probe"
@@ -34,7 +38,8 @@ class ProbeJob(ActiveJob):
         super().__init__(row, tasks, self.spec.retries)
         self.resources = probe.resources(self.spec)
         self.ahead = max(2, min(MAX_AHEAD, int(AHEAD_SECONDS / max(self.spec.seconds, 1e-3))))
-        self.share = {k: v / self.ahead for k, v in self.resources.items()}
+        share = {k: v / self.ahead for k, v in self.resources.items()}
+        self.share = _SHARES.setdefault(tuple(sorted(share.items())), share)  # read-only
         self.nodes: dict[str, int] = {}
         self._sender: tuple[frozenset[str], Any] | None = None
 
