@@ -81,6 +81,7 @@ class RenderSubmission(Submission):
     retries: int = Field(2, ge=0, le=100)
     slots: int | None = Field(None, ge=1, le=4096, description="Most slots the job may hold.")
     threads: int = Field(2, ge=1, le=1024, description="Render threads (CPUs) per slot.")
+    memory: int | None = Field(None, ge=1, le=2**50, description="Bytes each slot reserves.")
     stall_timeout: float = Field(600.0, gt=0, le=86_400)
     lab: Lab | None = None
     name: Annotated[str, Field(max_length=256)] | None = Field(
@@ -95,6 +96,7 @@ class ProbeSubmission(Submission):
     seconds: float = Field(0.0, ge=0, le=86_400)
     cpus: float = Field(1.0, gt=0, le=1024)
     gpus: float = Field(0.0, ge=0, le=64)
+    memory: int = Field(0, ge=0, le=2**50, description="Bytes each task reserves.")
     fail_first: int = Field(0, ge=0, le=100)
     retries: int = Field(2, ge=0, le=100)
 
@@ -171,7 +173,7 @@ class Cluster:
             self._read = time.monotonic()
         return self._nodes
 
-    def check(self, cpus: float, gpus: float, lab: str | None) -> None:
+    def check(self, cpus: float, gpus: float, lab: str | None, memory: int = 0) -> None:
         """Refuse work no node of the cluster could ever run."""
         nodes = self.nodes()
         if lab is not None:
@@ -187,6 +189,12 @@ class Cluster:
             raise FarmError(
                 f"no node has {cpus:g} CPUs and {gpus:g} GPUs (the largest has {most:g} CPUs, "
                 f"and the most GPUs on one node is {gpu:g})"
+            )
+        if memory and not any(n["Resources"].get("memory", 0) >= memory for n in nodes):
+            most = max((n["Resources"].get("memory", 0) for n in nodes), default=0)
+            raise FarmError(
+                f"no node has {memory / 2**30:.3g} GiB of memory for Ray (the most is "
+                f"{most / 2**30:.3g} GiB)"
             )
 
 
@@ -230,7 +238,16 @@ def create_app(engine: Engine, scheduler: Scheduler, data: Path) -> FastAPI:
     @app.post(f"{PREFIX}/jobs/render", status_code=201, responses=_refusals(400, 422))
     def submit_render(body: RenderSubmission, db: Db, user: User = None) -> Accepted:
         fields = body.model_dump(
-            exclude={"priority", "after", "slots", "threads", "stall_timeout", "lab", "name"}
+            exclude={
+                "priority",
+                "after",
+                "slots",
+                "threads",
+                "stall_timeout",
+                "lab",
+                "name",
+                "memory",
+            }
         )
         fields["scene"], digest = scenes.resolve(body.scene)
         output = Path(fields["output"] or f"renders/{Path(body.name or body.scene).stem}_####.exr")
@@ -242,12 +259,13 @@ def create_app(engine: Engine, scheduler: Scheduler, data: Path) -> FastAPI:
         fields["output"] = str(output)
         spec = render.validate(RenderRequest(**fields))
         gpu = spec.overrides.get("device", "CPU") != "CPU"
-        cluster.check(body.threads, 1 if gpu else 0, body.lab)
+        cluster.check(body.threads, 1 if gpu else 0, body.lab, body.memory or 0)
         run = {
             "threads": body.threads,
             "slots": body.slots,
             "stall_timeout": body.stall_timeout,
             "lab": body.lab,
+            "memory": body.memory,
             "digest": digest,
         }
         name = body.name or spec.scene.name
@@ -258,7 +276,7 @@ def create_app(engine: Engine, scheduler: Scheduler, data: Path) -> FastAPI:
     @app.post(f"{PREFIX}/jobs/probe", status_code=201, responses=_refusals(400, 422))
     def submit_probe(body: ProbeSubmission, db: Db, user: User = None) -> Accepted:
         spec = probe.validate(ProbeSpec(**body.model_dump(exclude={"priority", "after"})))
-        cluster.check(spec.cpus, spec.gpus, None)
+        cluster.check(spec.cpus, spec.gpus, None, spec.memory)
         job_id = submit.probe_job(db, spec, owner(user), body.priority, body.after)
         scheduler.notify(job_id)
         return Accepted(id=job_id, state="queued")

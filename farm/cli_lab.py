@@ -19,6 +19,7 @@ from rich.table import Table
 from farm.cli_options import json_option, render_options
 from farm.client import Client, config_file
 from farm.client import login as save_login
+from farm.config import parse_memory
 from farm.errors import FarmError, RenderFailed
 from farm.views import Farm, connect, remote
 from pipelines.render import user_path
@@ -71,6 +72,11 @@ def lab_options(function: Any) -> Any:
                 help="Start only once this job is done (repeatable).",
             ),
             click.option("--lab", help="Run only on this lab's nodes, e.g. film or ml."),
+            click.option(
+                "--memory",
+                callback=lambda _, __, value: parse_memory(value) if value else None,
+                help="Memory each slot (render) or task (probe) reserves, e.g. 8G.",
+            ),
         ]
     ):
         function = option(function)
@@ -112,7 +118,8 @@ def submit_probe(as_json: bool, lab: str | None, **kwargs: Any) -> None:
     if lab is not None:
         raise FarmError("--lab is for render and training jobs; a probe runs anywhere")
     kwargs["after"] = list(kwargs["after"])
-    job = remote("farm submit probe").client.post("/jobs/probe", kwargs)["id"]
+    body = {k: v for k, v in kwargs.items() if v is not None}
+    job = remote("farm submit probe").client.post("/jobs/probe", body)["id"]
     if as_json:
         _echo_json({"id": job, "state": "queued"})
     else:

@@ -9,6 +9,7 @@ single frame sooner. The default is measured on the lab's machines (see the READ
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +32,18 @@ def find_blender(explicit: str | None = None) -> str:
     if not found:
         raise FarmError(f"Blender not found on PATH: {INSTALL_HINT}")
     return found
+
+
+_MEMORY = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?\s*$", re.IGNORECASE)
+
+
+def parse_memory(text: str) -> int:
+    """``8G``, ``512M``, ``1.5g`` or a number of bytes, as bytes (powers of 1024)."""
+    match = _MEMORY.match(text)
+    if not match:
+        raise FarmError(f"--memory {text!r}: give an amount like 8G or 512M")
+    scale = 1024 ** " kmgt".index(match[2].lower() or " ")
+    return int(float(match[1]) * scale)
 
 
 def farm_home() -> Path:

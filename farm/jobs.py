@@ -78,6 +78,7 @@ def job_logs(db: Session, job_id: int, task_key: str | None = None) -> list[dict
             "task": task.key,
             "attempt": attempt.number,
             "node": attempt.node,
+            "resources": attempt.resources,
             "status": attempt.status,
             "started_at": _iso(attempt.started_at),
             "ended_at": _iso(attempt.ended_at),

@@ -62,6 +62,8 @@ class ProbeJob(ActiveJob):
         blocked = frozenset(self.blocked)
         if self._sender is None or self._sender[0] != blocked:
             options: dict[str, Any] = {"num_cpus": self.spec.cpus, "num_gpus": self.spec.gpus}
+            if self.spec.memory:
+                options["memory"] = self.spec.memory
             if blocked:
                 options["label_selector"] = {NODE_LABEL: f"!in({','.join(sorted(blocked))})"}
             self._sender = (blocked, _remote.options(**options))

@@ -46,6 +46,7 @@ class RenderJob(ActiveJob):
         self.stall_timeout: float = run.get("stall_timeout", 600.0)
         self.lab: str | None = run.get("lab")
         self.digest: str | None = run.get("digest")  # the scene was uploaded
+        self.memory: int = run.get("memory") or 0
         self.plan: JobPlan | None = None
         self.written = dict(written)  # frame → path: on disk
         self.failed: dict[int, str] = {}
@@ -71,6 +72,7 @@ class RenderJob(ActiveJob):
             self.stall_timeout,
             self.lab,
             self.digest,
+            self.memory,
         )
 
     @property

@@ -37,6 +37,7 @@ class SlotProfile:
     settings: str  # the job's Blender overrides, as canonical JSON
     lab: str | None = None
     digest: str | None = None  # an uploaded scene's sha256: nodes without the file fetch it
+    memory: int = 0  # bytes the slot reserves (0: none asked)
 
     @classmethod
     def of(
@@ -48,6 +49,7 @@ class SlotProfile:
         stall_timeout: float,
         lab: str | None,
         digest: str | None = None,
+        memory: int = 0,
     ) -> SlotProfile:
         stat = scene.stat()
         return cls(
@@ -60,6 +62,7 @@ class SlotProfile:
             settings=json.dumps(settings, sort_keys=True),
             lab=lab,
             digest=digest,
+            memory=memory,
         )
 
     @property
@@ -70,6 +73,8 @@ class SlotProfile:
             held["GPU"] = 1.0
         if self.lab:
             held[lab_resource(self.lab)] = LAB_SHARE
+        if self.memory:
+            held["memory"] = float(self.memory)
         return held
 
 
@@ -122,6 +127,8 @@ class SlotPool:
         }
         if profile.lab:
             options["resources"] = {lab_resource(profile.lab): LAB_SHARE}
+        if profile.memory:
+            options["memory"] = profile.memory
         if avoid:
             options["label_selector"] = {NODE_LABEL: f"!in({','.join(sorted(avoid))})"}
         actor = (

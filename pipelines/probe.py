@@ -22,6 +22,7 @@ class ProbeSpec:
     seconds: float = 0.0
     cpus: float = 1.0
     gpus: float = 0.0
+    memory: int = 0  # bytes
     fail_first: int = 0
     retries: int = 2
 
@@ -31,6 +32,7 @@ class ProbeSpec:
             "seconds": self.seconds,
             "cpus": self.cpus,
             "gpus": self.gpus,
+            "memory": self.memory,
             "fail_first": self.fail_first,
             "retries": self.retries,
         }
@@ -46,6 +48,8 @@ def validate(spec: ProbeSpec) -> ProbeSpec:
         raise FarmError(f"--cpus must be more than 0 and at most 1024, got {spec.cpus:g}")
     if not 0 <= spec.gpus <= 64:
         raise FarmError(f"--gpus must be between 0 and 64, got {spec.gpus:g}")
+    if not 0 <= spec.memory <= 2**50:
+        raise FarmError(f"--memory must be between 0 and 1 PiB, got {spec.memory} bytes")
     if spec.fail_first < 0 or spec.retries < 0:
         raise FarmError("--fail-first and --retries must be at least 0")
     return spec
@@ -57,4 +61,5 @@ def expand(spec: ProbeSpec) -> list[tuple[str, dict[str, Any]]]:
 
 
 def resources(spec: ProbeSpec) -> dict[str, float]:
-    return {"CPU": spec.cpus, "GPU": spec.gpus} if spec.gpus else {"CPU": spec.cpus}
+    held = {"CPU": spec.cpus, "GPU": spec.gpus, "memory": float(spec.memory)}
+    return {k: v for k, v in held.items() if v or k == "CPU"}

@@ -389,7 +389,18 @@ def test_work_no_node_can_run_is_refused_naming_it(api):
     refusal(response, 400, "no node has 512 CPUs", f"the largest has {largest:g} CPUs")
     response = api.post("/jobs/probe", json={"tasks": 1, "gpus": 4})
     refusal(response, 400, "4 GPUs", "most GPUs on one node is 0")
+    response = api.post("/jobs/probe", json={"tasks": 1, "memory": 2**45})
+    refusal(response, 400, "no node has 3.28e+04 GiB of memory for Ray")
     assert job_ids(api) == before
+
+
+def test_a_probe_that_reserves_memory_runs_holding_it(api):
+    job = submit_probe(api, tasks=2, memory=64 * 2**20)
+    assert finished(api, job)["state"] == "done"
+    logs = api.get(f"/jobs/{job}/logs").json()
+    assert [(a["status"], a["resources"]) for a in logs] == [
+        ("done", {"CPU": 1.0, "memory": 64.0 * 2**20})
+    ] * 2
 
 
 def test_after_a_missing_job_is_refused(api, done_job):
