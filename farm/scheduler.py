@@ -254,6 +254,10 @@ class Scheduler:
         except (FarmError, OSError) as error:
             self._fail_unstarted(row, str(error))
             return None
+        except Exception as error:  # a stored job this farm cannot read must not stop the rest
+            log.exception("job %s cannot be taken up", job_id)
+            self._fail_unstarted(row, f"this farm cannot run the stored job: {error!r}")
+            return None
         # Jobs are kept in the farm's order (see _ordered): the job goes in after every job ahead
         # of it, which is at the end unless it outranks the newest jobs.
         key = job.order_key()

@@ -82,3 +82,50 @@ def test_a_server_killed_mid_job_goes_on_from_the_store(make_scene, tmp_path) ->
         assert db.get(Job, job).state == "done"
     finally:
         server.stop()
+
+
+def test_a_server_on_postgresql_killed_mid_job_goes_on_from_the_store(
+    postgres_url, tmp_path
+) -> None:
+    """The same on the PostgreSQL store, with a probe job (no Blender): no task stays running, the
+    cut-short attempts are lost and run again, and the job ends done."""
+    server = FarmServer(tmp_path / "data", db=postgres_url).start()
+    try:
+        api = f"{server.url}/api/v1"
+        job = httpx.post(f"{api}/jobs/probe", json={"tasks": 12, "seconds": 0.5}).json()["id"]
+        wait_for(
+            lambda: httpx.get(f"{api}/jobs/{job}").json()["tasks"]["done"] >= 2,
+            timeout=60,
+            what="two tasks done",
+        )
+        server.kill()
+        server.start()
+        wait_for(
+            lambda: httpx.get(f"{api}/jobs/{job}").json()["state"] == "done",
+            timeout=60,
+            what="the job to finish after the restart",
+        )
+        attempts = httpx.get(f"{api}/jobs/{job}/logs").json()
+        assert {a["status"] for a in attempts} == {"done", "lost"}
+        assert sorted(a["task"] for a in attempts if a["status"] == "done") == sorted(
+            f"p{i}" for i in range(12)
+        )
+    finally:
+        server.stop()
+
+
+def test_a_stored_job_the_farm_cannot_read_fails_alone(tmp_path) -> None:
+    """A job whose stored spec this farm cannot read (written by hand, or by another version)
+    fails with the reason when the server takes it up; the server goes on serving."""
+    db = session(open_store(f"sqlite:///{tmp_path / 'data' / 'farm.db'}"))
+    db.add(Job(kind="render", name="odd.blend", owner="ana", state="queued", spec={"frames": [1]}))
+    db.commit()
+    server = FarmServer(tmp_path / "data").start()
+    try:
+        api = f"{server.url}/api/v1"
+        wait_for(lambda: httpx.get(f"{api}/jobs/1").json()["state"] == "failed", 30, "a failure")
+        assert "cannot run the stored job" in httpx.get(f"{api}/jobs/1").json()["message"]
+        job = httpx.post(f"{api}/jobs/probe", json={"tasks": 2}).json()["id"]
+        wait_for(lambda: httpx.get(f"{api}/jobs/{job}").json()["state"] == "done", 30, "done")
+    finally:
+        server.stop()
