@@ -183,20 +183,7 @@ def test_a_killed_farm_render_is_ended_by_the_next_one(make_scene, tmp_path) -> 
     """kill -9 of an embedded render leaves its job running in the store; the next farm render on
     this machine sees the process gone and ends the job, its attempts lost."""
     slow = make_scene(96, 54, samples=3000, frames=2)
-    command = [
-        sys.executable,
-        "-m",
-        "farm",
-        "render",
-        str(slow),
-        "-o",
-        str(tmp_path / "s_####.exr"),
-    ]
-    victim = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, start_new_session=True)
-    deadline = time.monotonic() + 120
-    while not any(j["tasks"]["running"] for j in json.loads(farm("jobs", "--json").stdout or "[]")):
-        assert time.monotonic() < deadline and victim.poll() is None, "the render never started"
-        time.sleep(0.2)
+    victim = slow_render(slow, tmp_path, start_new_session=True)
     os.killpg(victim.pid, signal.SIGKILL)
     victim.wait()
     [stale] = json.loads(farm("jobs", "--json").stdout)
@@ -250,20 +237,7 @@ def test_node_join_builds_the_ray_start_of_the_farms_labs() -> None:
 
 def test_ctrl_c_cancels_the_job_and_stops_its_blenders(make_scene, tmp_path) -> None:
     slow = make_scene(96, 54, samples=3000, frames=2)
-    command = [
-        sys.executable,
-        "-m",
-        "farm",
-        "render",
-        str(slow),
-        "-o",
-        str(tmp_path / "s_####.exr"),
-    ]
-    render = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120
-    while not any(j["tasks"]["running"] for j in json.loads(farm("jobs", "--json").stdout or "[]")):
-        assert time.monotonic() < deadline and render.poll() is None, "the render never started"
-        time.sleep(0.2)
+    render = slow_render(slow, tmp_path)
     render.send_signal(signal.SIGINT)
     _, stderr = render.communicate(timeout=60)
     assert render.returncode == 130 and stderr.strip().endswith("error: interrupted")
@@ -274,3 +248,22 @@ def test_ctrl_c_cancels_the_job_and_stops_its_blenders(make_scene, tmp_path) -> 
         for p in psutil.process_iter(["name", "cmdline"])
         if "blender" in (p.info["name"] or "") and str(slow) in " ".join(p.info["cmdline"] or [])
     ]
+
+
+def slow_render(scene: Path, tmp_path: Path, **popen: object) -> subprocess.Popen[str]:
+    """A `farm render` of ``scene`` in a process of its own, returned once a task runs."""
+    command = [
+        sys.executable,
+        "-m",
+        "farm",
+        "render",
+        str(scene),
+        "-o",
+        str(tmp_path / "s_####.exr"),
+    ]
+    render = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, **popen)
+    deadline = time.monotonic() + 120
+    while not any(j["tasks"]["running"] for j in json.loads(farm("jobs", "--json").stdout or "[]")):
+        assert time.monotonic() < deadline and render.poll() is None, "the render never started"
+        time.sleep(0.2)
+    return render

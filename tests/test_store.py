@@ -5,14 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import sqlalchemy
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import select, text
 
 from farm import states
 from farm.errors import FarmError
-from farm.schema_v1 import create_v1
 from farm.states import ALLOWED, Ending, IllegalTransition, State, TaskRef
 from farm.store import (
     SCHEMA_VERSION,
@@ -113,40 +111,22 @@ def test_the_machine_allows_exactly_its_transitions_and_persists_each(store_url,
     for new in moves:
         old = task.state
         if new in ALLOWED[old]:
-            if new is State.RUNNING:
-                states.start(db, [(task, "n1", {})])
-            elif old is State.RUNNING:
-                states.end(db, [Ending(task, new)])
-            else:
-                states.move(db, [task], new)
+            transition(db, task, new)
             reader.expire_all()
             assert reader.get(Task, task.id).state == new.value
         else:
             with pytest.raises(IllegalTransition):
-                if new is State.RUNNING:
-                    states.start(db, [(task, "n1", {})])
-                elif old is State.RUNNING:
-                    states.end(db, [Ending(task, new)])
-                else:
-                    states.move(db, [task], new)
+                transition(db, task, new)
             assert task.state is old
             reader.expire_all()
             assert reader.get(Task, task.id).state == old.value
 
 
-def test_a_version_1_store_is_migrated_and_keeps_its_jobs(store_url: str) -> None:
-    engine = sqlalchemy.create_engine(store_url)
-    with engine.begin() as connection:  # the store as the first release left it
-        create_v1(connection)
-        connection.execute(SchemaVersion.__table__.insert().values(version=1))
-        connection.execute(
-            text(
-                "INSERT INTO jobs (kind, name, owner, state, priority, spec, submitted_at) "
-                "VALUES ('render', 'old.blend', 'ana', 'done', 50, '{}', CURRENT_TIMESTAMP)"
-            )
-        )
-    engine.dispose()
-    migrated = open_store(store_url)
-    assert store_version(migrated) == SCHEMA_VERSION
-    job = session(migrated).scalars(select(Job)).one()
-    assert (job.name, job.depends_on, job.blocked_nodes, job.plan) == ("old.blend", [], [], None)
+def transition(db, task: TaskRef, new: State) -> None:
+    """The one call of the state machine that moves ``task`` to ``new``."""
+    if new is State.RUNNING:
+        states.start(db, [(task, "n1", {})])
+    elif task.state is State.RUNNING:
+        states.end(db, [Ending(task, new)])
+    else:
+        states.move(db, [task], new)
