@@ -121,9 +121,5 @@ class ActiveJob:
             return State.FAILED, f"{failed} of {len(self.tasks)} tasks failed"
         return State.DONE, ""
 
-    def summary(self) -> dict[str, Any]:
-        """Kind-specific numbers for ``--json`` summaries."""
-        return {}
-
     def close(self, scheduler: Scheduler) -> None:
         """The job left the scheduler: free what it held."""

@@ -40,7 +40,6 @@ class ProbeJob(ActiveJob):
         self.ahead = max(2, min(MAX_AHEAD, int(AHEAD_SECONDS / max(self.spec.seconds, 1e-3))))
         share = {k: v / self.ahead for k, v in self.resources.items()}
         self.share = _SHARES.setdefault(tuple(sorted(share.items())), share)  # read-only
-        self.nodes: dict[str, int] = {}
         self._sender: tuple[frozenset[str], Any] | None = None
 
     @property
@@ -71,9 +70,3 @@ class ProbeJob(ActiveJob):
 
     def node_of(self, result: str) -> str:
         return result
-
-    def succeeded(self, scheduler: Scheduler, task: TaskRef, result: str) -> None:
-        self.nodes[result] = self.nodes.get(result, 0) + 1
-
-    def summary(self) -> dict[str, Any]:
-        return {"nodes": self.nodes}

@@ -286,16 +286,6 @@ class RenderJob(ActiveJob):
             return State.FAILED, f"{failed} of {len(frames)} frames failed"
         return State.DONE, ""
 
-    def summary(self) -> dict[str, Any]:
-        return {
-            "frames": len(self.plan.frames) if self.plan else 0,
-            "written": len(self.written),
-            "paths": [self.written[f] for f in sorted(self.written)],
-            "failed": {str(f): reason for f, reason in sorted(self.failed.items())},
-            "resolution": [self.plan.width, self.plan.height] if self.plan else None,
-            "tiled_frames": self.tiled_frames,
-        }
-
     def close(self, scheduler: Scheduler) -> None:
         for assembly in self.assemblies.values():
             assembly.release()
