@@ -8,6 +8,7 @@ import collections
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from farm.ledger import Bill, Use
 from farm.states import State, TaskRef
 from farm.store import Job
 
@@ -50,6 +51,9 @@ class ActiveJob:
     def __init__(self, row: Job, tasks: list[TaskRef], retries: int) -> None:
         self.row = row
         self.id = row.id
+        self.owner = row.owner
+        self.use = Use(row.owner, row.programme or "", row.cohort or "", 0.0, 0.0)
+        self.held_for = ""  # why the farm holds the job (a dependency, the owner's account)
         self.retries = retries
         self.tasks: dict[str, TaskRef] = {t.key: t for t in tasks}
         self.queued: collections.deque[TaskRef] = collections.deque(
@@ -71,14 +75,31 @@ class ActiveJob:
         return self.state in (State.QUEUED, State.RUNNING)
 
     def order_key(self) -> tuple[Any, ...]:
-        """The farm's one ordering of work: higher priority first, then the earlier submission.
-        Fair share and quotas (per user) join this key; nothing else orders jobs."""
+        """The job's own place among its owner's work: higher priority first, then the earlier
+        submission. :func:`farm.fairshare.order` puts the owners' fair share before it."""
         return (-self.row.priority, self.row.submitted_at, self.id)
 
     @property
     def needs(self) -> dict[str, float]:
         """What one of the job's tasks holds while it runs: a node without it cannot run them."""
         raise NotImplementedError
+
+    @property
+    def size(self) -> tuple[float, float, float | None]:
+        """One task's GPUs, CPUs and known length in seconds (None: not known): what quotas
+        count."""
+        needs = self.needs
+        return needs.get("GPU", 0.0), needs.get("CPU", 0.0), None
+
+    def bill(self, began: float) -> Bill:
+        """What the ledger charges one of the job's attempts that began at ``began``."""
+        gpus, cpus, _ = self.size
+        return Bill(Use(self.use.owner, self.use.programme, self.use.cohort, gpus, cpus), began)
+
+    def began(self, outcome: Any) -> float:
+        """When (epoch seconds) the attempt behind a result or a failure began on its node, where
+        the task says; 0: it does not."""
+        return 0.0
 
     def add_tasks(self, tasks: list[TaskRef]) -> None:
         self.tasks.update((t.key, t) for t in tasks)
@@ -92,7 +113,8 @@ class ActiveJob:
         """A task queued again by hand: what its earlier failures left behind no longer counts."""
         task.failures = 0
 
-    def place(self, scheduler: Scheduler, starts: list[Start]) -> None:
+    def place(self, scheduler: Scheduler, starts: list[Start], room: float) -> None:
+        """Add starts for at most ``room`` tasks (what the owner's account allows now)."""
         raise NotImplementedError
 
     def launch(self, scheduler: Scheduler, start: Start) -> Any:

@@ -2,31 +2,46 @@
 
 Reads go straight to the store (SQLite in WAL mode lets them run beside the scheduler's writes);
 submissions are validated and stored here, then handed to the scheduler; everything that changes a
-state (cancel, pause, resume, retry) runs on the scheduler's thread. Every refusal is a 4xx whose
-``detail`` is one line naming the problem: 422 for a request that does not fit the spec (an unknown
-field, a wrong type: bodies are checked strictly, so ``"3"`` or ``true`` is not a number), 404 for
-a job that does not exist (any id a store could not hold included), 400 for anything else the farm
-refuses (a missing scene, a job already finished).
+state (cancel, pause, resume, retry) runs on the scheduler's thread. Every call but ``/health``
+carries a token (``Authorization: Bearer …``); what it may see and do follows :mod:`farm.access`.
+Every refusal is a 4xx whose ``detail`` is one line naming the problem: 401 for a missing, unknown,
+expired or revoked token, 403 for what the caller's role or quota does not allow, 404 for a job
+that does not exist or that the caller may not see (any id a store could not hold included), 422
+for a request that does not fit the spec (an unknown field, a wrong type: bodies are checked
+strictly, so ``"3"`` or ``true`` is not a number), 400 for anything else the farm refuses (a
+missing scene, a job already finished).
 """
 
-import getpass
-import os
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
 import ray
-from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request
+from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi import Path as Path_
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
-from farm import __version__, submit
-from farm.client import PREFIX, USER_HEADER
+from farm import __version__, accounts, auth, submit
+from farm.access import (
+    Caller,
+    Forbidden,
+    caller_for,
+    changeable,
+    confine,
+    jobs_visible,
+    output_root,
+    readable,
+)
+from farm.accounts import Ask, Standing
+from farm.admin_api import admin_routes
+from farm.client import PREFIX
 from farm.errors import FarmError
 from farm.jobs import (
     job_events,
@@ -34,7 +49,6 @@ from farm.jobs import (
     job_outputs,
     job_status,
     job_tasks,
-    known_id,
     list_jobs,
 )
 from farm.scenes import PREFIX as SCENE_PREFIX
@@ -131,10 +145,12 @@ class Problem(BaseModel):
 def _refusals(*codes: int) -> dict[int | str, dict[str, Any]]:
     words = {
         400: "Refused: the farm cannot do this (one line says why)",
-        404: "No such job",
+        401: "No token, or one that does not work (unknown, expired, revoked)",
+        403: "The caller's role or quota does not allow this",
+        404: "No such job (or not one of the caller's)",
         422: "The request does not fit this spec (one line names the first problem)",
     }
-    return {code: {"model": Problem, "description": words[code]} for code in codes}
+    return {code: {"model": Problem, "description": words[code]} for code in (401, *codes)}
 
 
 def one_line(text: str, limit: int = 1000) -> str:
@@ -208,18 +224,34 @@ def create_app(engine: Engine, scheduler: Scheduler, data: Path) -> FastAPI:
     )
     cluster = Cluster()
     scenes = SceneStore(data / "scenes")
+    # One admission at a time: two submissions never both spend the last of a quota.
+    admission = threading.Lock()
 
     def db() -> Iterator[Session]:
         with session(engine) as opened:
             yield opened
 
     Db = Annotated[Session, Depends(db)]
-    User = Annotated[str | None, Header(alias=USER_HEADER, max_length=64)]
+
+    bearer = HTTPBearer(auto_error=False, description="An API token: farm admin token create")
+
+    def caller(
+        db: Db, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
+    ) -> Caller:
+        token = credentials.credentials if credentials else None
+        return caller_for(db, auth.authenticate(db, token))
+
+    Me = Annotated[Caller, Depends(caller)]
 
     @app.exception_handler(FarmError)
     async def refused(_: Request, error: FarmError) -> JSONResponse:
         status = 404 if str(error).startswith("no job ") else 400
-        return JSONResponse({"detail": one_line(str(error))}, status_code=status)
+        headers = None
+        if isinstance(error, auth.Unauthorized):
+            status, headers = 401, {"WWW-Authenticate": "Bearer"}
+        elif isinstance(error, Forbidden):
+            status = 403
+        return JSONResponse({"detail": one_line(str(error))}, status_code=status, headers=headers)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_: Request, error: RequestValidationError) -> JSONResponse:
@@ -228,15 +260,18 @@ def create_app(engine: Engine, scheduler: Scheduler, data: Path) -> FastAPI:
             status_code=422,
         )
 
-    def owner(user: str | None) -> str:
-        return (user or "").strip() or getpass.getuser()
+    def admitted(db: Session, me: Caller, ask: Ask) -> Standing:
+        """The caller's standing, if their enrolment and quota accept ``ask`` (under the lock)."""
+        standing = accounts.standing_of(db, me.name)
+        accounts.admit(standing, ask, accounts.booked_gpu_seconds(db, me.name))
+        return standing
 
     @app.get(f"{PREFIX}/health")
     def health() -> dict[str, Any]:
         return {"ok": True, "version": __version__}
 
-    @app.post(f"{PREFIX}/jobs/render", status_code=201, responses=_refusals(400, 422))
-    def submit_render(body: RenderSubmission, db: Db, user: User = None) -> Accepted:
+    @app.post(f"{PREFIX}/jobs/render", status_code=201, responses=_refusals(400, 403, 422))
+    def submit_render(body: RenderSubmission, db: Db, me: Me) -> Accepted:
         fields = body.model_dump(
             exclude={
                 "priority",
@@ -249,17 +284,19 @@ def create_app(engine: Engine, scheduler: Scheduler, data: Path) -> FastAPI:
                 "memory",
             }
         )
+        if body.allow_scripts and me.role == "trainee":
+            raise Forbidden("only instructors and admins may run a scene's own scripts")
+        standing = accounts.standing_of(db, me.name)
+        root = output_root(standing, data)
+        if not body.scene.startswith("sha256:"):
+            confine(body.scene, root, "scene", me.admin)
         fields["scene"], digest = scenes.resolve(body.scene)
-        output = Path(fields["output"] or f"renders/{Path(body.name or body.scene).stem}_####.exr")
-        if not output.is_absolute():  # relative outputs stay inside the server's outputs folder
-            root = (data / "outputs").absolute()
-            output = Path(os.path.normpath(root / output))
-            if not output.is_relative_to(root):
-                raise FarmError(f"output {fields['output']!r} leaves the server's outputs folder")
-        fields["output"] = str(output)
+        output = fields["output"] or f"renders/{Path(body.name or body.scene).stem}_####.exr"
+        fields["output"] = str(confine(output, root, "output", me.admin))
         spec = render.validate(RenderRequest(**fields))
         gpu = spec.overrides.get("device", "CPU") != "CPU"
         cluster.check(body.threads, 1 if gpu else 0, body.lab, body.memory or 0)
+        ask = Ask(body.priority, body.lab, 1.0 if gpu else 0.0, None, 1)
         run = {
             "threads": body.threads,
             "slots": body.slots,
@@ -269,61 +306,77 @@ def create_app(engine: Engine, scheduler: Scheduler, data: Path) -> FastAPI:
             "digest": digest,
         }
         name = body.name or spec.scene.name
-        job_id = submit.render(db, spec, run, owner(user), body.priority, body.after, name)
+        with admission:
+            standing = admitted(db, me, ask)
+            enrolment = (standing.programme, standing.cohort)
+            job_id = submit.render(
+                db, spec, run, me.name, body.priority, body.after, name, enrolment
+            )
         scheduler.notify(job_id)
         return Accepted(id=job_id, state="queued")
 
-    @app.post(f"{PREFIX}/jobs/probe", status_code=201, responses=_refusals(400, 422))
-    def submit_probe(body: ProbeSubmission, db: Db, user: User = None) -> Accepted:
+    @app.post(f"{PREFIX}/jobs/probe", status_code=201, responses=_refusals(400, 403, 422))
+    def submit_probe(body: ProbeSubmission, db: Db, me: Me) -> Accepted:
         spec = probe.validate(ProbeSpec(**body.model_dump(exclude={"priority", "after"})))
         cluster.check(spec.cpus, spec.gpus, None, spec.memory)
-        job_id = submit.probe_job(db, spec, owner(user), body.priority, body.after)
+        ask = Ask(body.priority, None, spec.gpus, spec.seconds, spec.tasks)
+        with admission:
+            standing = admitted(db, me, ask)
+            enrolment = (standing.programme, standing.cohort)
+            job_id = submit.probe_job(db, spec, me.name, body.priority, body.after, enrolment)
         scheduler.notify(job_id)
         return Accepted(id=job_id, state="queued")
 
     @app.get(f"{PREFIX}/jobs", responses=_refusals(422))
-    def jobs(db: Db, limit: Annotated[int, Query(ge=1, le=10_000)] = 50) -> list[dict[str, Any]]:
-        return list_jobs(db, limit)
+    def jobs(
+        db: Db, me: Me, limit: Annotated[int, Query(ge=1, le=10_000)] = 50
+    ) -> list[dict[str, Any]]:
+        """The newest jobs the caller may see."""
+        return list_jobs(db, limit, jobs_visible(me))
 
     @app.get(f"{PREFIX}/jobs/{{job_id}}", responses=_refusals(404, 422))
-    def status(job_id: int, db: Db) -> dict[str, Any]:
-        return job_status(db, job_id)
+    def status(job_id: int, db: Db, me: Me) -> dict[str, Any]:
+        return job_status(db, readable(db, me, job_id).id)
 
     @app.get(f"{PREFIX}/jobs/{{job_id}}/tasks", responses=_refusals(404, 422))
-    def tasks(job_id: int, db: Db) -> list[dict[str, Any]]:
-        return job_tasks(db, job_id)
+    def tasks(job_id: int, db: Db, me: Me) -> list[dict[str, Any]]:
+        return job_tasks(db, readable(db, me, job_id).id)
 
     @app.get(f"{PREFIX}/jobs/{{job_id}}/logs", responses=_refusals(400, 404, 422))
     def logs(
-        job_id: int, db: Db, task: Annotated[str | None, Query(max_length=64)] = None
+        job_id: int, db: Db, me: Me, task: Annotated[str | None, Query(max_length=64)] = None
     ) -> list[dict[str, Any]]:
-        return job_logs(db, job_id, task)
+        return job_logs(db, readable(db, me, job_id).id, task)
 
     @app.get(f"{PREFIX}/jobs/{{job_id}}/events", responses=_refusals(404, 422))
     def events(
         job_id: int,
         db: Db,
+        me: Me,
         after: Annotated[int, Query(ge=0, le=2**62)] = 0,
         limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
     ) -> list[dict[str, Any]]:
-        return job_events(db, job_id, after, limit)
+        return job_events(db, readable(db, me, job_id).id, after, limit)
 
     def change(verb: str) -> Any:
-        def endpoint(job_id: int, body: TaskChoice | None = None) -> Changed:
+        def endpoint(job_id: int, db: Db, me: Me, body: TaskChoice | None = None) -> Changed:
             choice = body.task if body else None
-            result = scheduler.call(getattr(scheduler, verb), known_id(job_id), choice)
+            changeable(db, me, job_id)
+            result = scheduler.call(getattr(scheduler, verb), job_id, choice)
             return Changed(id=job_id, result=result)
 
         endpoint.__name__ = verb
         return endpoint
 
     for verb in ("cancel", "pause", "resume", "retry"):
-        app.post(f"{PREFIX}/jobs/{{job_id}}/{verb}", name=verb, responses=_refusals(400, 404, 422))(
-            change(verb)
-        )
+        app.post(
+            f"{PREFIX}/jobs/{{job_id}}/{verb}", name=verb, responses=_refusals(400, 403, 404, 422)
+        )(change(verb))
 
     @app.put(f"{PREFIX}/scenes/{{digest}}", status_code=201, responses=_refusals(400, 422))
-    async def upload_scene(digest: Annotated[str, Path_(max_length=64)], request: Request) -> Scene:
+    async def upload_scene(
+        digest: Annotated[str, Path_(max_length=64)], request: Request, _: Me
+    ) -> Scene:
         """Store a .blend under its sha256 (the body is the file); the same bytes twice are one."""
         if scenes.path(digest).is_file():
             return Scene(scene=f"{SCENE_PREFIX}{digest}", bytes=scenes.path(digest).stat().st_size)
@@ -338,26 +391,26 @@ def create_app(engine: Engine, scheduler: Scheduler, data: Path) -> FastAPI:
         return Scene(scene=f"{SCENE_PREFIX}{digest}", bytes=size)
 
     @app.get(f"{PREFIX}/scenes/{{digest}}", responses=_refusals(400, 404, 422))
-    def scene(digest: Annotated[str, Path_(max_length=64)]) -> Scene:
+    def scene(digest: Annotated[str, Path_(max_length=64)], _: Me) -> Scene:
         path = scenes.path(digest)
         if not path.is_file():
             raise HTTPException(404, f"no uploaded scene {SCENE_PREFIX}{digest}")
         return Scene(scene=f"{SCENE_PREFIX}{digest}", bytes=path.stat().st_size)
 
     @app.get(f"{PREFIX}/jobs/{{job_id}}/outputs", responses=_refusals(404, 422))
-    def outputs(job_id: int, db: Db) -> list[dict[str, Any]]:
+    def outputs(job_id: int, db: Db, me: Me) -> list[dict[str, Any]]:
         """The frames the job has written, for `farm fetch`."""
-        return job_outputs(db, job_id)
+        return job_outputs(db, readable(db, me, job_id).id)
 
     @app.get(f"{PREFIX}/jobs/{{job_id}}/outputs/{{frame}}", responses=_refusals(404, 422))
-    def output(job_id: int, frame: int, db: Db) -> FileResponse:
-        for written in job_outputs(db, job_id):
+    def output(job_id: int, frame: int, db: Db, me: Me) -> FileResponse:
+        for written in job_outputs(db, readable(db, me, job_id).id):
             if written["frame"] == frame:
                 return FileResponse(written["path"], filename=Path(written["path"]).name)
         raise HTTPException(404, f"job {job_id} has no frame {frame} on disk")
 
-    @app.get(f"{PREFIX}/nodes")
-    def nodes() -> list[dict[str, Any]]:
+    @app.get(f"{PREFIX}/nodes", responses=_refusals())
+    def nodes(_: Me) -> list[dict[str, Any]]:
         work = scheduler.call(scheduler.node_work)
         rows = []
         for node in ray.nodes():
@@ -376,4 +429,10 @@ def create_app(engine: Engine, scheduler: Scheduler, data: Path) -> FastAPI:
             )
         return rows
 
+    @app.get(f"{PREFIX}/me", responses=_refusals())
+    def me(db: Db, me: Me) -> dict[str, Any]:
+        """Who the token belongs to, their enrolment, limits and the quota used in this period."""
+        return accounts.standing_of(db, me.name).as_json()
+
+    app.include_router(admin_routes(Db, Me, scheduler, _refusals), prefix=PREFIX)
     return app

@@ -15,6 +15,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from farm import __version__
+from farm.cli_admin import COMMANDS as ADMIN_COMMANDS
 from farm.cli_lab import COMMANDS, FINISHED, POLL, submit_render, watch_job
 from farm.cli_options import render_options
 from farm.client import server_url
@@ -251,7 +252,7 @@ def _print_output(attempt: dict[str, Any], text: str, as_json: bool) -> None:
     click.echo("\n".join(prefix + line for line in text.splitlines()))
 
 
-for command in COMMANDS:
+for command in [*COMMANDS, *ADMIN_COMMANDS]:
     cli.add_command(command)
 
 

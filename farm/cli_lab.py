@@ -261,14 +261,18 @@ def server(host: str, port: int, data_dir: Path, db: str | None, ray_address: st
 
 @click.command()
 @click.argument("url")
+@click.option("--token", help="Your API token (default: $FARM_TOKEN); saved for later commands.")
 @json_option
-def login(url: str, as_json: bool) -> None:
+def login(url: str, token: str | None, as_json: bool) -> None:
     """Use the farm server at URL for every later command (saved in ~/.config/farm)."""
-    version = save_login(url)
+    answer = save_login(url, token)
     if as_json:
-        _echo_json({"url": url.rstrip("/"), "version": version})
+        _echo_json(answer)
     else:
-        click.echo(f"using the farm server at {url.rstrip('/')} (farm {version})")
+        click.echo(
+            f"using the farm server at {answer['url']} (farm {answer['version']}) as "
+            f"{answer['user']} ({answer['role']})"
+        )
 
 
 @click.command()

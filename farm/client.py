@@ -1,12 +1,12 @@
 """The CLI's side of the API: where the server is, and one-line errors for everything that fails.
 
 The server is ``$FARM_URL``, else the one ``farm login URL`` saved in ``~/.config/farm/client.json``;
-with neither, the CLI runs the embedded farm.
+with neither, the CLI runs the embedded farm. The token is ``$FARM_TOKEN``, else the one saved by
+``farm login URL --token TOKEN`` (the file is readable by its owner only).
 """
 
 from __future__ import annotations
 
-import getpass
 import json
 import os
 from pathlib import Path
@@ -19,7 +19,6 @@ from farm.scenes import digest_of
 
 TIMEOUT = 30.0
 PREFIX = "/api/v1"  # the API's version 1
-USER_HEADER = "X-Farm-User"  # who submits, until the farm has accounts and tokens
 
 
 def config_file() -> Path:
@@ -27,25 +26,35 @@ def config_file() -> Path:
     return Path(base) / "farm" / "client.json"
 
 
+def _saved() -> dict[str, Any]:
+    try:
+        saved = json.loads(config_file().read_text())
+    except (OSError, ValueError):
+        return {}
+    return saved if isinstance(saved, dict) else {}
+
+
 def server_url() -> str | None:
     """The configured server, or None for the embedded farm."""
     if os.environ.get("FARM_URL"):
         return os.environ["FARM_URL"].rstrip("/")
-    try:
-        return json.loads(config_file().read_text())["url"]
-    except (OSError, ValueError, KeyError):
-        return None
+    return _saved().get("url")
+
+
+def token() -> str | None:
+    return os.environ.get("FARM_TOKEN") or _saved().get("token")
 
 
 class Client:
-    """Calls to one farm server as this OS user."""
+    """Calls to one farm server with the configured token (or ``token``)."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, token_: str | None = None) -> None:
         self.url = url.rstrip("/")
+        secret = token_ or token()
         self.http = httpx.Client(
             base_url=self.url + PREFIX,
             timeout=TIMEOUT,
-            headers={USER_HEADER: getpass.getuser()},
+            headers={"Authorization": f"Bearer {secret}"} if secret else {},
         )
 
     def call(self, method: str, path: str, **kwargs: Any) -> Any:
@@ -68,6 +77,9 @@ class Client:
 
     def post(self, path: str, body: dict[str, Any] | None = None) -> Any:
         return self.call("POST", path, json=body)
+
+    def put(self, path: str, body: dict[str, Any]) -> Any:
+        return self.call("PUT", path, json=body)
 
     def upload_scene(self, path: Path) -> str:
         """Send a .blend to the server unless it has it already; returns its ``sha256:`` name."""
@@ -102,13 +114,20 @@ class Client:
             temp.unlink(missing_ok=True)
 
 
-def login(url: str) -> str:
-    """Check that ``url`` is a farm server and remember it for later commands."""
+def login(url: str, token_: str | None) -> dict[str, Any]:
+    """Check that ``url`` is a farm server that takes the token (``token_``, else the configured
+    one) and remember both for later commands; returns who the token belongs to."""
     url = url.rstrip("/")
     if not url.startswith(("http://", "https://")):
         raise FarmError(f"{url!r} is not a server address: give one like http://head-node:8765")
-    health = Client(url).get("/health")
+    client = Client(url, token_)
+    version = client.get("/health").get("version", "?")
+    me = client.get("/me")
     path = config_file()
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"url": url}) + "\n")
-    return str(health.get("version", "?"))
+    saved = {"url": url, "token": token_ or token()}
+    temp = path.with_name(f".{path.name}.tmp")
+    temp.write_text(json.dumps(saved) + "\n")
+    temp.chmod(0o600)  # the token is a password
+    temp.replace(path)
+    return {"url": url, "version": version, "user": me["user"], "role": me["role"]}

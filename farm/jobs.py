@@ -49,9 +49,12 @@ def status(job: Job, counts: dict[str, int], message: str = "") -> dict[str, Any
     }
 
 
-def list_jobs(db: Session, limit: int = 50) -> list[dict[str, Any]]:
-    """The newest jobs first."""
-    jobs = list(db.scalars(select(Job).order_by(Job.id.desc()).limit(limit)))
+def list_jobs(db: Session, limit: int = 50, where: Any = None) -> list[dict[str, Any]]:
+    """The newest jobs first (those ``where`` selects, when given)."""
+    query = select(Job).order_by(Job.id.desc()).limit(limit)
+    if where is not None:
+        query = query.where(where)
+    jobs = list(db.scalars(query))
     counts = task_counts(db, [job.id for job in jobs])
     return [status(job, counts[job.id]) for job in jobs]
 

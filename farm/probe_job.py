@@ -46,11 +46,16 @@ class ProbeJob(ActiveJob):
     def needs(self) -> dict[str, float]:
         return self.resources
 
-    def place(self, scheduler: Scheduler, starts: list[Start]) -> None:
+    @property
+    def size(self) -> tuple[float, float, float | None]:
+        return self.spec.gpus, self.spec.cpus, self.spec.seconds
+
+    def place(self, scheduler: Scheduler, starts: list[Start], room: float) -> None:
         share = self.share
-        while self.queued and scheduler.capacity.fits(share):
+        while self.queued and room > 0 and scheduler.capacity.fits(share):
             scheduler.capacity.hold(share)
             starts.append(Start(self, self.queued.popleft(), None, self.resources, share))
+            room -= 1
 
     def launch(self, scheduler: Scheduler, start: Start) -> Any:
         return self._function().remote(self.spec.seconds, start.task.attempts, self.spec.fail_first)
@@ -68,5 +73,10 @@ class ProbeJob(ActiveJob):
             self._sender = (blocked, _remote.options(**options))
         return self._sender[1]
 
-    def node_of(self, result: str) -> str:
-        return result
+    def node_of(self, result: tuple[str, float]) -> str:
+        return result[0]
+
+    def began(self, outcome: Any) -> float:
+        if isinstance(outcome, tuple):
+            return outcome[1]
+        return getattr(getattr(outcome, "cause", None), "began", 0.0)

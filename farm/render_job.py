@@ -127,7 +127,7 @@ class RenderJob(ActiveJob):
 
     # Placing tasks on slots.
 
-    def place(self, scheduler: Scheduler, starts: list[Start]) -> None:
+    def place(self, scheduler: Scheduler, starts: list[Start], room: float) -> None:
         pool = scheduler.pool
         if self.plan is None:
             self._plan_from_pool(scheduler)
@@ -137,20 +137,21 @@ class RenderJob(ActiveJob):
                 return
         if self.queued:  # first the slots the work wants: an auto still splits across them all
             mine = len(pool.of(self.profile))
-            wanted = self.max_slots or math.inf
+            wanted = min(self.max_slots or math.inf, self.in_flight + room)
             if self.spec.tiles.kind != "auto":
                 wanted = min(wanted, len(self.queued))
             while mine < wanted and scheduler.grow(self, self.profile) is not None:
                 mine += 1
         opening = sum(1 for s in pool.of(self.profile) if not s.ready)
         usable = pool.usable(self.profile, self.blocked, SLOT_DEPTH)
-        while self.queued and usable:
+        while self.queued and usable and room > 0:
             free = opening + sum(1 for s in usable if s.load == 0)
             task = self._next(scheduler, free)
             slot = min(usable, key=lambda s: s.load)
             slot.load += 1
             starts.append(Start(self, task, slot, self.profile.resources))
             usable = [s for s in usable if s.load < SLOT_DEPTH]
+            room -= 1
 
     def _plan_from_pool(self, scheduler: Scheduler) -> None:
         """A slot already open on the same scene file knows what planning needs."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import datetime as dt
 import itertools
 import json
 import logging
@@ -21,7 +22,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -31,10 +32,12 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from sqlalchemy import Text, cast, func, or_, select, update
 from sqlalchemy.engine import Engine
 
-from farm import states
+from farm import fairshare, ledger, states
 from farm.active_job import BLOCK_AFTER, ActiveJob, Event, Start
 from farm.errors import FarmError
+from farm.fairshare import FairShare
 from farm.probe_job import ProbeJob
+from farm.quota import Quotas
 from farm.render_job import RenderJob, written_frames
 from farm.slots import Slot, SlotPool, SlotProfile
 from farm.states import Ending, State, TaskRef
@@ -50,6 +53,8 @@ PROGRESS_TICK = 0.5  # seconds between drains of the progress channel
 REFRESH = 2.0  # seconds between reads of the cluster's resources
 RETRIED = "retried"  # the message of a task queued again by hand: its earlier failures are spent
 SLOT_START_FAILURES = 3  # slots of a job that fail to start in a row before its tasks fail
+ORDER_EVERY = 1.0  # seconds between re-orderings by fair share (and reviews of accounts)
+ACCOUNTS_EVERY = 15.0  # seconds between reads of every account from the store
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +109,7 @@ class Capacity:
 class Flight:
     start: Start
     seq: int  # dispatch order: a slot runs its tasks in this order
+    sent: float  # when (epoch seconds) it was sent to Ray
 
 
 class Scheduler:
@@ -114,6 +120,7 @@ class Scheduler:
         engine: Engine,
         blender: str | None = None,  # None: each node's own Blender
         idle_seconds: float = 60.0,
+        half_life: float = fairshare.HALF_LIFE,
     ) -> None:
         self.engine = engine
         self.db = session(engine)
@@ -126,6 +133,12 @@ class Scheduler:
         self.writer = ThreadPoolExecutor(max_workers=2, thread_name_prefix="farm-write")
         self.buffers = BufferPool()
         self.listeners: list[Callable[[Event], None]] = []
+        self.quotas = Quotas()
+        self.fairshare = FairShare(half_life)
+        self._order: list[ActiveJob] | None = None
+        self._ordered_at = 0.0
+        self._accounts_read = 0.0
+        self._sent = 0.0
         self._pool: SlotPool | None = None
         self._progress: Any = None
         self._drained = 0.0
@@ -152,6 +165,10 @@ class Scheduler:
     def notify(self, job_id: int) -> None:
         """A job was added to the store: load it on the next turn (returns at once)."""
         self._commands.put((self.load, (job_id,), Future()))
+
+    def accounts_changed(self) -> None:
+        """Users, enrolments or policies changed: read them again on the next turn."""
+        self._commands.put((self._review_accounts, (True,), Future()))
 
     def start(self) -> None:
         """Recover what the store holds and run the loop on a thread of its own."""
@@ -206,12 +223,16 @@ class Scheduler:
         return TaskRef(row.id, row.job_id, row.key, State(row.state), row.attempts, row.payload)
 
     def recover(self) -> None:
-        """Take up every unfinished job of the store (after a restart, or a first start), in the
-        farm's order, so that each joins the end of it (see :meth:`_ordered`)."""
+        """Take up every unfinished job of the store (after a restart, or a first start), with
+        every account and the usage that fair share still remembers."""
+        self.quotas.refresh(self.db)
+        self._accounts_read = time.monotonic()
+        at = time.time()
+        since = dt.datetime.fromtimestamp(at - 10 * self.fairshare.half_life, dt.UTC)
+        for owner, ended, gpu, cpu in sorted(ledger.history(self.db, since), key=lambda r: r[1]):
+            self.fairshare.charge(owner, fairshare.billing(gpu, cpu), ended)
         ids = self.db.scalars(
-            select(Job.id)
-            .where(Job.state.not_in([s.value for s in State if s.finished]))
-            .order_by(Job.priority.desc(), Job.submitted_at, Job.id)
+            select(Job.id).where(Job.state.not_in([s.value for s in State if s.finished]))
         )
         for job_id in list(ids):
             self.load(job_id)
@@ -258,16 +279,11 @@ class Scheduler:
             log.exception("job %s cannot be taken up", job_id)
             self._fail_unstarted(row, f"this farm cannot run the stored job: {error!r}")
             return None
-        # Jobs are kept in the farm's order (see _ordered): the job goes in after every job ahead
-        # of it, which is at the end unless it outranks the newest jobs.
-        key = job.order_key()
-        behind = list(
-            itertools.takewhile(lambda j: j.order_key() > key, reversed(self.jobs.values()))
-        )
+        if job.owner not in self.quotas.standings:  # a user new since the accounts were read
+            self.quotas.refresh(self.db, [job.owner])
         self.jobs[job_id] = job
-        for other in reversed(behind):
-            self.jobs[other.id] = self.jobs.pop(other.id)
-        self._hold_for_dependencies(job)
+        self._order = None
+        self._review(job)
         return job
 
     def _failures_since_retry(self, job_id: int) -> dict[int, int]:
@@ -311,38 +327,55 @@ class Scheduler:
             states.move_job(self.db, row, State.FAILED, message=reason)
         self.emit(Event("finished", row.id, message=reason))
 
-    def _hold_for_dependencies(self, job: ActiveJob) -> None:
-        """Hold a job while a job it runs after is not done, saying which and why; release it
-        once they all are."""
-        after = list(job.row.depends_on or [])
-        unmet = (
-            self.db.execute(
-                select(Job.id, Job.state).where(Job.id.in_(after), Job.state != State.DONE)
-            ).all()
-            if after
-            else []
-        )
-        if not unmet:
-            if job.state is State.HELD:
-                states.move_job(self.db, job.row, State.QUEUED, "its dependencies are done")
+    def _review(self, job: ActiveJob) -> None:
+        """Hold a job while a job it runs after is not done, or while its owner's account lets it
+        run nothing (the enrolment, a spent quota), saying why; release it once neither holds."""
+        why = self._waits_for(job) or self.quotas.hold_reason(job.owner, *job.size, time.time())
+        if why == job.held_for and (job.state is State.HELD) == bool(why):
             return
-        ended = [(j, state) for j, state in unmet if State(state).finished]
-        # Held, as Slurm's "dependency never satisfied": it runs if that job is retried and done.
-        why = (
-            f"job {ended[0][0]} ended {ended[0][1]}: this job waits until it is retried and done"
-            if ended
-            else f"waiting for job {unmet[0][0]}"
-        )
-        if job.state is State.QUEUED:
+        job.held_for = why
+        if not why:
+            if job.state is State.HELD:
+                states.move_job(self.db, job.row, State.QUEUED, "released")
+                self._order = None
+            return
+        if job.state in (State.QUEUED, State.RUNNING):
             states.move_job(self.db, job.row, State.HELD, why)
         elif job.state is State.HELD:  # still held, for a new reason
             self.db.add(StoreEvent(job_id=job.id, kind=State.HELD.value, message=why))
             self.db.commit()
 
+    def _waits_for(self, job: ActiveJob) -> str:
+        """Why a job waits for the jobs it runs after ('' once they are all done)."""
+        after = list(job.row.depends_on or [])
+        if not after:
+            return ""
+        unmet = self.db.execute(
+            select(Job.id, Job.state).where(Job.id.in_(after), Job.state != State.DONE)
+        ).all()
+        ended = [(j, state) for j, state in unmet if State(state).finished]
+        # Held, as Slurm's "dependency never satisfied": it runs if that job is retried and done.
+        if ended:
+            return f"job {ended[0][0]} ended {ended[0][1]}: this job waits until it is retried and done"
+        return f"waiting for job {unmet[0][0]}" if unmet else ""
+
+    def _review_accounts(self, read: bool = False) -> None:
+        """Hold or release jobs as their owners' accounts change (read again from the store every
+        ACCOUNTS_EVERY seconds, or now when ``read``)."""
+        if read or time.monotonic() - self._accounts_read > ACCOUNTS_EVERY:
+            self.quotas.refresh(self.db)
+            self._accounts_read = time.monotonic()
+        for job in list(self.jobs.values()):
+            if job.state in (State.QUEUED, State.RUNNING, State.HELD):
+                self._review(job)
+
     # One turn of the loop.
 
     def step(self, wait: float = TICK) -> None:
         self._run_commands()
+        if time.monotonic() - self._ordered_at > ORDER_EVERY:
+            self._review_accounts()
+            self._order = None  # usage moved on: order by fair share again
         self._dispatch()
         self._drain_progress()
         self._wait(wait)
@@ -413,10 +446,21 @@ class Scheduler:
             self.opening.pop(slot.opening, None)
 
     def _ordered(self) -> list[ActiveJob]:
-        """The active jobs in the farm's order (:meth:`ActiveJob.order_key`). ``self.jobs`` is kept
-        in that order by :meth:`load`, the one way in, because a job's key does not change while
-        it is active: no sort of every job on every turn of the loop."""
-        return list(self.jobs.values())
+        """The active jobs in the farm's one order (:func:`farm.fairshare.order`): by their owners'
+        fair share, then their own key. Sorted again when jobs come or go, and every ORDER_EVERY
+        seconds as usage moves on: not on every turn of the loop."""
+        if self._order is None:
+            at = time.time()
+            owners = {j.owner for j in self.jobs.values() if j.dispatchable and j.queued}
+            running = {
+                owner: fairshare.billing(flight.gpu_all.at(at), flight.cpu_all.at(at))
+                for owner, flight in self.quotas.flight.items()
+                if owner in owners
+            }
+            factors = self.fairshare.factors(owners, at, running)
+            self._order = fairshare.order(self.jobs.values(), lambda o: factors.get(o, 0.0))
+            self._ordered_at = time.monotonic()
+        return self._order
 
     def _decide(self) -> list[Start]:
         """The turn's decisions: every job that may run, in the farm's order, places what fits.
@@ -424,11 +468,21 @@ class Scheduler:
         share does not fit would place nothing, so it is passed over before anything else of it
         is read (its state lives in its store row)."""
         starts: list[Start] = []
+        quotas, now = self.quotas, time.time()
         for job in self._ordered():
             if isinstance(job, ProbeJob) and not self.capacity.fits(job.share):
                 continue
-            if job.dispatchable:
-                job.place(self, starts)
+            if not job.dispatchable:
+                continue
+            gpus, cpus, seconds = job.size
+            room = quotas.room(job.owner, gpus, cpus, seconds, now)
+            if room <= 0:
+                continue
+            before = len(starts)
+            job.place(self, starts, room)
+            for _ in range(len(starts) - before):
+                quotas.started(job.owner, gpus, cpus, seconds, now)
+        self._sent = now
         return starts
 
     def _dispatch(self) -> None:
@@ -445,7 +499,7 @@ class Scheduler:
                 states.move_job(self.db, job.row, State.RUNNING)
         for start in starts:
             ref = start.job.launch(self, start)
-            self.flights[ref] = Flight(start, next(self._sequence))
+            self.flights[ref] = Flight(start, next(self._sequence), self._sent)
             start.job.in_flight += 1
             if self.listeners:  # the server has none: build no Event per task for nobody
                 frames = start.task.payload.get("frames")
@@ -527,6 +581,8 @@ class Scheduler:
         endings: list[Ending] = []
         unstarts: list[TaskRef] = []
         then: list[Callable[[], None]] = []
+        bills: dict[int, ledger.Bill] = {}
+        now = time.time()
         try:  # every result in one call; a batch with a failure in it is read ref by ref below
             results: list[Any] | None = ray.get(refs)
         except Exception:
@@ -536,13 +592,17 @@ class Scheduler:
             start = flight.start
             job, task, slot = start.job, start.task, start.slot
             job.in_flight -= 1
+            self.quotas.ended(job.owner, *job.size, flight.sent)
             if start.held is not None:
                 self.capacity.release(start.held)
+            began = flight.sent
             if slot is not None:
                 slot.load -= 1
                 slot.idle_since = time.monotonic()
+                began, slot.freed = max(began, slot.freed), now  # it waited for the one before
             try:
                 result = ray.get(ref) if results is None else results[index]
+                began = max(began, job.began(result))
             except RayActorError as error:
                 if slot is not None:
                     self._remove_slot(slot)
@@ -557,6 +617,7 @@ class Scheduler:
             except TaskCancelledError:
                 endings.append(Ending(task, State.CANCELLED, attempt_status="cancelled"))
             except RayTaskError as error:
+                began = max(began, job.began(error))
                 node = slot.node if slot else getattr(error.cause, "node", "")
                 self._failure(job, task, one_line(error), node, endings, then)
             else:
@@ -565,17 +626,29 @@ class Scheduler:
                 if self.listeners:
                     frames = task.payload.get("frames")
                     self.emit(Event("done", job.id, task.key, frames[0] if frames else None))
+            finally:
+                if task not in unstarts:
+                    bills[task.id] = self._charge(job, min(began, now), now)
         for slot in [
             s
             for s in self._died_running
             if not any(f.start.slot is s for f in self.flights.values())
         ]:
             del self._died_running[slot]  # every task it held is accounted for
-        endings = [self._unless_cancelled(e) for e in endings]
+        endings = [replace(self._unless_cancelled(e), bill=bills.get(e.task.id)) for e in endings]
         states.end(self.db, endings)
         states.unstart(self.db, unstarts)
         for action in then:
             action()
+
+    def _charge(self, job: ActiveJob, began: float, now: float) -> ledger.Bill:
+        """An attempt's bill; its usage counts for the owner's quota and fair share at once."""
+        bill = job.bill(began)
+        seconds = now - began
+        gpu, cpu = seconds * bill.use.gpus, seconds * bill.use.cpus
+        self.quotas.charged(job.owner, gpu, cpu)
+        self.fairshare.charge(job.owner, fairshare.billing(gpu, cpu), now)
+        return bill
 
     def _cancelled(self, task: TaskRef) -> bool:
         job = self.jobs.get(task.job_id)
@@ -669,7 +742,9 @@ class Scheduler:
                 continue
             if job.state is State.CANCELLED:
                 self._leave(job)
-            elif job.dispatchable and not job.queued and _planned(job):
+            elif (
+                (job.dispatchable or job.state is State.HELD) and not job.queued and _planned(job)
+            ):  # a job held while its last tasks ran ends when they have
                 self._end_job(job, *job.outcome())
 
     def _end_job(self, job: ActiveJob, state: State, message: str) -> None:
@@ -677,6 +752,8 @@ class Scheduler:
         if job.in_flight:  # a job refused mid-way: its running tasks end first
             job.queued.clear()
             return
+        if job.state is State.HELD:
+            states.move_job(self.db, job.row, State.QUEUED, "nothing is left to hold")
         if job.state is State.QUEUED and state is State.DONE:
             states.move_job(self.db, job.row, State.RUNNING)
         states.move_job(self.db, job.row, state, message)
@@ -686,11 +763,12 @@ class Scheduler:
         self._drain_progress(now=True)  # the job's last output lines
         job.close(self)
         self.jobs.pop(job.id, None)
+        self._order = None
         self._start_failures.pop(job.id, None)
         self.emit(Event("finished", job.id, message=job.state.value))
         for other in list(self.jobs.values()):
             if other.state is State.HELD and job.id in (other.row.depends_on or []):
-                self._hold_for_dependencies(other)
+                self._review(other)
 
     # What users ask of jobs (through the API or the CLI); each runs on the scheduler's thread.
 
@@ -776,7 +854,8 @@ class Scheduler:
         states.move(self.db, paused, State.QUEUED, "resumed")
         for task in sorted(paused, key=lambda t: t.id, reverse=True):
             job.requeue(task)
-        self._hold_for_dependencies(job)
+        job.held_for = ""
+        self._review(job)
         return job.state.value if key is None else f"task {key} resumed"
 
     def retry(self, job_id: int, key: str | None = None) -> str:

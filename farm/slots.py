@@ -97,6 +97,7 @@ class Slot:
     info: dict[str, Any] = field(default_factory=dict)
     load: int = 0  # tasks sent to it and not yet back
     idle_since: float = field(default_factory=time.monotonic)
+    freed: float = 0.0  # when (epoch seconds) its last task ended: the next one began then
 
     @property
     def ready(self) -> bool:

@@ -23,6 +23,7 @@ from typing import Any
 from sqlalchemy import bindparam, case, insert, select, update
 from sqlalchemy.orm import Session
 
+from farm.ledger import Bill, record
 from farm.store import Attempt, Event, Job, Task, TaskLog, now
 
 _TASKS = Task.__table__
@@ -89,6 +90,7 @@ class Ending:
     node: str = ""
     error: str = ""  # the whole story (Blender's last lines, a traceback) for `farm logs`
     attempt_status: str = ""  # default: done for DONE, else failed; "lost" after a restart
+    bill: Bill | None = None  # what the ledger charges for the attempt (None: nothing)
 
 
 def _check(what: str, old: State, new: State) -> None:
@@ -218,6 +220,9 @@ def end(db: Session, endings: Sequence[Ending]) -> None:
     for new, ids in by_new.items():
         _compare_and_set(db, _TASKS, {State.RUNNING: ids}, new)
     moment = now()
+    statuses = [
+        e.attempt_status or ("done" if e.state is State.DONE else "failed") for e in endings
+    ]
     db.execute(
         _CLOSE_ATTEMPT,
         [
@@ -225,12 +230,21 @@ def end(db: Session, endings: Sequence[Ending]) -> None:
                 "tid": e.task.id,
                 "n": e.task.attempts,
                 "moment": moment,
-                "status": e.attempt_status or ("done" if e.state is State.DONE else "failed"),
+                "status": status,
                 "summary": e.error.splitlines()[0] if e.error else "",
                 "where": e.node,
             }
-            for e in endings
+            for e, status in zip(endings, statuses, strict=True)
         ],
+    )
+    record(
+        db,
+        [
+            (e.task.id, e.task.attempts, e.task.job_id, status, e.bill)
+            for e, status in zip(endings, statuses, strict=True)
+            if e.bill is not None and status != "lost"
+        ],
+        moment,
     )
     for ending in endings:
         if ending.error:

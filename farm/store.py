@@ -14,8 +14,11 @@ from typing import Any, ClassVar
 
 from sqlalchemy import (
     JSON,
+    Boolean,
     Connection,
+    Date,
     DateTime,
+    Float,
     ForeignKey,
     Integer,
     String,
@@ -31,6 +34,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, rela
 
 from farm.errors import FarmError
 from farm.schema_v1 import create_v1
+from farm.schema_v3 import add_accounts
 
 
 def now() -> dt.datetime:
@@ -64,6 +68,13 @@ class Job(Base):
     plan: Mapped[dict[str, Any] | None]
     # Ray nodes that failed too many of this job's tasks: the job runs no more tasks there.
     blocked_nodes: Mapped[list[str]] = mapped_column(JSON, default=list)
+    # The owner's enrolment when the job was submitted: what its attempts are charged to.
+    programme: Mapped[str] = mapped_column(String(32), default="")
+    cohort: Mapped[str] = mapped_column(String(64), default="")
+    # One task's known length and GPUs (a probe's, a training run's --max-hours), so that admission
+    # can book what queued work will spend of a GPU-hour quota; None: not known in advance.
+    task_seconds: Mapped[float | None] = mapped_column(Float)
+    task_gpus: Mapped[float] = mapped_column(Float, default=0.0)
     submitted_at: Mapped[dt.datetime] = mapped_column(default=now)
     started_at: Mapped[dt.datetime | None]
     ended_at: Mapped[dt.datetime | None]
@@ -125,6 +136,84 @@ class Event(Base):
     message: Mapped[str] = mapped_column(Text, default="")
 
 
+class User(Base):
+    """Someone who may use the farm: a trainee, an instructor or an admin."""
+
+    __tablename__ = "users"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    role: Mapped[str] = mapped_column(String(16))
+    disabled: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[dt.datetime] = mapped_column(default=now)
+
+
+class Token(Base):
+    """An API token: only its SHA-256 is kept; the token itself is shown once."""
+
+    __tablename__ = "tokens"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    digest: Mapped[str] = mapped_column(String(64), unique=True)
+    hint: Mapped[str] = mapped_column(String(16))  # the token's first characters, for lists
+    created_at: Mapped[dt.datetime] = mapped_column(default=now)
+    expires_at: Mapped[dt.datetime | None]
+    revoked_at: Mapped[dt.datetime | None]
+
+
+class Enrolment(Base):
+    """A user's place in a programme's cohort, from one date to another (both included)."""
+
+    __tablename__ = "enrolments"
+    __table_args__ = (UniqueConstraint("user_id", "programme", "cohort"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    programme: Mapped[str] = mapped_column(String(32))
+    cohort: Mapped[str] = mapped_column(String(64))
+    starts: Mapped[dt.date] = mapped_column(Date)
+    ends: Mapped[dt.date] = mapped_column(Date)
+    status: Mapped[str] = mapped_column(String(16))  # active | completed | withdrawn
+
+
+class Policy(Base):
+    """Quotas and the output root for a programme, one of its cohorts, or one user ('' where a
+    level does not apply). A user's limits take each field from the most specific policy that
+    sets it: user, then cohort, then programme."""
+
+    __tablename__ = "policies"
+    __table_args__ = (UniqueConstraint("programme", "cohort", "user"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    programme: Mapped[str] = mapped_column(String(32), default="")
+    cohort: Mapped[str] = mapped_column(String(64), default="")
+    user: Mapped[str] = mapped_column(String(64), default="")
+    gpu_hours: Mapped[float | None] = mapped_column(Float)
+    cpu_hours: Mapped[float | None] = mapped_column(Float)
+    period: Mapped[str | None] = mapped_column(String(16))  # week | month | enrolment
+    max_gpus: Mapped[float | None] = mapped_column(Float)
+    max_priority: Mapped[int | None]
+    labs: Mapped[list[str] | None] = mapped_column(JSON)
+    output_root: Mapped[str | None] = mapped_column(Text)
+
+
+class Charge(Base):
+    """The ledger: one row per ended attempt, its measured wall time and what it held."""
+
+    __tablename__ = "ledger"
+    __table_args__ = (UniqueConstraint("task_id", "attempt"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    task_id: Mapped[int] = mapped_column(ForeignKey("tasks.id"))
+    attempt: Mapped[int] = mapped_column(Integer)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id"), index=True)
+    owner: Mapped[str] = mapped_column(String(64), index=True)
+    programme: Mapped[str] = mapped_column(String(32))
+    cohort: Mapped[str] = mapped_column(String(64))
+    started_at: Mapped[dt.datetime]
+    ended_at: Mapped[dt.datetime] = mapped_column(index=True)
+    seconds: Mapped[float] = mapped_column(Float)
+    gpus: Mapped[float] = mapped_column(Float)
+    cpus: Mapped[float] = mapped_column(Float)
+    status: Mapped[str] = mapped_column(String(16))
+
+
 def _add_job_columns(connection: Connection) -> None:
     """Version 2: job dependencies, the stored plan, and nodes blocked for a job."""
     for ddl in (
@@ -136,8 +225,8 @@ def _add_job_columns(connection: Connection) -> None:
 
 
 # Step N brings a store from version N to N + 1. Append; never edit a released step: each step
-# finds the tables exactly as the steps before it left them (migrations.py freezes version 1).
-MIGRATIONS: list[Callable[[Connection], None]] = [create_v1, _add_job_columns]
+# finds the tables exactly as the steps before it left them (schema_v1.py and schema_v3.py freeze theirs).
+MIGRATIONS: list[Callable[[Connection], None]] = [create_v1, _add_job_columns, add_accounts]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -25,6 +25,9 @@ def _job(
     spec: dict[str, Any],
     priority: int,
     after: list[int],
+    enrolment: tuple[str, str],
+    task_gpus: float,
+    task_seconds: float | None = None,
 ) -> Job:
     low, high = PRIORITY_RANGE
     if not low <= priority <= high:
@@ -44,6 +47,10 @@ def _job(
         spec=spec,
         depends_on=after,
         blocked_nodes=[],
+        programme=enrolment[0],
+        cohort=enrolment[1],
+        task_gpus=task_gpus,
+        task_seconds=task_seconds,
     )
     db.add(job)
     db.flush()
@@ -58,17 +65,35 @@ def render(
     priority: int = 50,
     after: list[int] | None = None,
     name: str | None = None,
+    enrolment: tuple[str, str] = ("", ""),
 ) -> int:
     """A render job; its tasks are added once a slot has opened the scene and the job is planned.
-    ``run`` says how it uses the cluster: threads per slot, a cap on slots, stall timeout, lab."""
+    ``run`` says how it uses the cluster: threads per slot, a cap on slots, stall timeout, lab.
+    ``enrolment``: the owner's programme and cohort, what its attempts are charged to."""
     spec_json = {**spec.as_json(), "run": run}
-    job = _job(db, "render", name or spec.scene.name, owner, spec_json, priority, after or [])
+    gpus = 0.0 if spec.overrides.get("device", "CPU") == "CPU" else 1.0
+    job = _job(
+        db,
+        "render",
+        name or spec.scene.name,
+        owner,
+        spec_json,
+        priority,
+        after or [],
+        enrolment,
+        gpus,
+    )
     db.commit()
     return job.id
 
 
 def probe_job(
-    db: Session, spec: ProbeSpec, owner: str, priority: int = 50, after: list[int] | None = None
+    db: Session,
+    spec: ProbeSpec,
+    owner: str,
+    priority: int = 50,
+    after: list[int] | None = None,
+    enrolment: tuple[str, str] = ("", ""),
 ) -> int:
     """A probe job with all its tasks, in one transaction."""
     job = _job(
@@ -79,6 +104,9 @@ def probe_job(
         spec.as_json(),
         priority,
         after or [],
+        enrolment,
+        spec.gpus,
+        spec.seconds,
     )
     db.execute(
         insert(Task.__table__),  # Core, not the ORM's bulk insert: half the time a task

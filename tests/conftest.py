@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import json
 import os
 import shutil
 import signal
@@ -164,17 +165,36 @@ def free_port() -> int:
 class FarmServer:
     """A real ``farm server`` process on a loopback port, with a store of its own."""
 
-    def __init__(self, data: Path, db: str | None = None) -> None:
-        self.data, self.db = data, db
+    def __init__(self, data: Path, db: str | None = None, ray_address: str = "local") -> None:
+        self.data, self.db, self.ray_address = data, db, ray_address
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.process: subprocess.Popen[str] | None = None
+        self.token = ""  # the first admin's, made by `farm admin init` before the first start
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"}
+
+    def client(self, token: str | None = None) -> httpx.Client:
+        """An API client with ``token`` (default: the admin's)."""
+        return httpx.Client(
+            base_url=f"{self.url}/api/v1",
+            timeout=60,
+            headers={"Authorization": f"Bearer {token or self.token}"},
+        )
 
     def start(self, timeout: float = 60.0) -> FarmServer:
+        store = ["--db", self.db] if self.db else []
+        if not self.token:
+            init = [sys.executable, "-m", "farm", "admin", "init", "--data-dir", str(self.data)]
+            done = subprocess.run(
+                [*init, *store, "--name", "admin", "--json"], capture_output=True, text=True
+            )
+            assert done.returncode == 0, done.stderr
+            self.token = json.loads(done.stdout)["token"]
         command = [sys.executable, "-m", "farm", "server", "--port", str(self.port)]
-        command += ["--data-dir", str(self.data), "--ray-address", "local"]
-        if self.db:
-            command += ["--db", self.db]
+        command += ["--data-dir", str(self.data), "--ray-address", self.ray_address, *store]
         log = (self.data.parent / f"server-{self.port}.log").open("a")
         self.process = subprocess.Popen(
             command, stdout=log, stderr=subprocess.STDOUT, text=True, start_new_session=True

@@ -43,7 +43,7 @@ PREFIX = "/api/v1"
 
 @pytest.fixture(scope="module")
 def api(farm_server) -> httpx.Client:
-    with httpx.Client(base_url=farm_server.url + PREFIX, timeout=60) as client:
+    with farm_server.client() as client:
         yield client
 
 
@@ -141,8 +141,7 @@ def _refusable(case: Any) -> bool:
     costs nothing. A probe the spec accepts may ask for a million tasks of a day each: negative
     generation rarely makes one, and those few are skipped, never sent (the API's own model
     judges; probes the farm should run are fuzzed by the next test, kept cheap)."""
-    user = (case.headers or {}).get("X-Farm-User")
-    if not isinstance(case.body, dict) or (user is not None and len(str(user)) > 64):
+    if not isinstance(case.body, dict):
         return True
     try:
         ProbeSubmission.model_validate(case.body)
@@ -151,7 +150,9 @@ def _refusable(case: Any) -> bool:
     return False
 
 
-def _fuzz(url: str, operation: Any, mode: GenerationMode, examples: int, **fixed: Any) -> int:
+def _fuzz(
+    server: FarmServer, operation: Any, mode: GenerationMode, examples: int, **fixed: Any
+) -> int:
     """Run ``examples`` generated requests of ``operation``; returns how many were sent."""
     sent = 0
 
@@ -161,7 +162,10 @@ def _fuzz(url: str, operation: Any, mode: GenerationMode, examples: int, **fixed
         nonlocal sent
         if operation.path == "/api/v1/jobs/probe" and not _refusable(case):
             return
-        response = case.call(base_url=url, timeout=60)
+        # The admin's token, unless a negative case left the header out on purpose (a 401 then).
+        generated = case.headers or {}
+        auth = server.headers if mode.is_positive or "Authorization" in generated else None
+        response = case.call(base_url=server.url, timeout=60, headers=auth)
         sent += 1
         _check_answer(case, response)
 
@@ -181,6 +185,14 @@ def test_fuzzing_the_api_against_its_spec_finds_no_server_error(farm_server, api
     assert finished(api, failing)["state"] == "failed"
     before = job_ids(api)
 
+    # The fuzzer acts as an admin of its own, and may revoke only a spare token: revoking the
+    # fixture's token or its own would turn every later request into a 401.
+    spare = api.post("/admin/tokens", json={"user": "admin"}).json()["id"]
+    assert api.post("/admin/users", json={"name": "fuzzer", "role": "admin"}).status_code == 201
+    fuzzer = FarmServer(farm_server.data)
+    fuzzer.url, fuzzer.token = farm_server.url, api.post(
+        "/admin/tokens", json={"user": "fuzzer"}
+    ).json()["token"]
     schema = schemathesis.openapi.from_url(farm_server.url + "/openapi.json")
     operations = [result.ok() for result in schema.get_all_operations()]
     labels = {op.label for op in operations}
@@ -192,11 +204,12 @@ def test_fuzzing_the_api_against_its_spec_finds_no_server_error(farm_server, api
             # Schema-valid probe submissions are real work: the next test fuzzes them, cheaply.
             if mode.is_positive and operation.path == "/api/v1/jobs/probe":
                 continue
-            sent += _fuzz(farm_server.url, operation, mode, EXAMPLES)
+            fixed = {"path_parameters": {"token_id": spare}} if "{token_id}" in operation.path else {}
+            sent += _fuzz(fuzzer, operation, mode, EXAMPLES, **fixed)
         if "{job_id}" in operation.path:  # and on jobs that exist, not only on unknown ids
             for job in (done, failing):
                 fixed = {"path_parameters": {"job_id": job}}
-                sent += _fuzz(farm_server.url, operation, GenerationMode.POSITIVE, 10, **fixed)
+                sent += _fuzz(fuzzer, operation, GenerationMode.POSITIVE, 10, **fixed)
     assert sent > 300, f"only {sent} requests were sent"
 
     # Refused submissions recorded nothing: the store holds exactly the jobs it held before.
@@ -219,7 +232,7 @@ def _largest_node_cpus(api: httpx.Client) -> float:
 
 
 @st.composite
-def probe_bodies(draw: st.DrawFn) -> tuple[dict[str, Any], str | None]:
+def probe_bodies(draw: st.DrawFn) -> dict[str, Any]:
     """Schema-valid probe submissions that are cheap to run: a few short tasks."""
     optional = {
         "priority": st.integers(0, 100),
@@ -228,11 +241,7 @@ def probe_bodies(draw: st.DrawFn) -> tuple[dict[str, Any], str | None]:
         "fail_first": st.integers(0, 1),
         "retries": st.integers(1, 3),
     }
-    body = draw(st.fixed_dictionaries({"tasks": st.integers(1, 3)}, optional=optional))
-    user = draw(
-        st.none() | st.text(st.characters(min_codepoint=33, max_codepoint=126), max_size=64)
-    )
-    return body, user
+    return draw(st.fixed_dictionaries({"tasks": st.integers(1, 3)}, optional=optional))
 
 
 def test_valid_probe_submissions_run_or_are_refused_naming_the_cpus(api):
@@ -241,11 +250,9 @@ def test_valid_probe_submissions_run_or_are_refused_naming_the_cpus(api):
     @settings(
         max_examples=12, deadline=None, database=None, suppress_health_check=list(HealthCheck)
     )
-    @given(submission=probe_bodies())
-    def run(submission: tuple[dict[str, Any], str | None]) -> None:
-        body, user = submission
-        headers = {"X-Farm-User": user} if user is not None else {}
-        response = api.post("/jobs/probe", json=body, headers=headers)
+    @given(body=probe_bodies())
+    def run(body: dict[str, Any]) -> None:
+        response = api.post("/jobs/probe", json=body)
         if body.get("cpus", 1.0) > largest:
             refusal(response, 400, f"no node has {body['cpus']:g} CPUs", f"{largest:g} CPUs")
             return
@@ -255,8 +262,7 @@ def test_valid_probe_submissions_run_or_are_refused_naming_the_cpus(api):
         assert info["state"] == "done", (body, info)
         assert info["tasks"]["done"] == body["tasks"] == sum(info["tasks"].values()), info
         assert info["priority"] == body.get("priority", 50), info
-        if user:
-            assert info["owner"] == user, info
+        assert info["owner"] == "admin", info
 
     run()
 
@@ -315,8 +321,6 @@ def test_bodies_that_are_not_json_objects_are_refused_in_one_line(api):
         "/jobs/probe", content=b'{"tasks": 3}', headers={"Content-Type": "text/plain"}
     )
     refusal(response, 422, "JSON object")
-    response = api.post("/jobs/probe", json={"tasks": 1}, headers={"X-Farm-User": "u" * 65})
-    refusal(response, 422, "X-Farm-User", "at most 64 characters")
 
 
 def test_a_huge_scene_path_is_refused_quickly_without_echoing_it(api):
@@ -569,7 +573,7 @@ def test_many_clients_submitting_at_once_lose_nothing(farm_server, api):
     lock = threading.Lock()
 
     def client() -> None:
-        with httpx.Client(base_url=farm_server.url + PREFIX, timeout=60) as http:
+        with farm_server.client() as http:
             barrier.wait()
             for _ in range(EACH):
                 try:
@@ -637,7 +641,7 @@ def cli_env(tmp_path: Path) -> dict[str, str]:
 
 
 def test_the_cli_submits_watches_and_controls_jobs_on_the_server(farm_server, cli_env, tmp_path):
-    env = {**cli_env, "FARM_URL": farm_server.url}
+    env = {**cli_env, "FARM_URL": farm_server.url, "FARM_TOKEN": farm_server.token}
     done = farm(["submit", "probe", "--tasks", "3", "--json"], env, tmp_path)
     assert done.returncode == 0, done.stderr
     job = json.loads(done.stdout)["id"]
@@ -685,7 +689,8 @@ def test_a_local_server_starts_its_own_ray_even_beside_another_cluster(tmp_path)
     try:
         server = FarmServer(tmp_path / "data").start()
         try:
-            nodes = httpx.get(server.url + PREFIX + "/nodes", timeout=60).json()
+            with server.client() as http:
+                nodes = http.get("/nodes").json()
         finally:
             server.stop()
     finally:

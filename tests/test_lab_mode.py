@@ -9,14 +9,18 @@ import subprocess
 import sys
 import time
 
-import httpx
 import psutil
 
 from farm.scenes import digest_of
 
 
 def farm(*args: str, server, cwd) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "FARM_URL": server.url, "XDG_CONFIG_HOME": str(cwd)}
+    env = {
+        **os.environ,
+        "FARM_URL": server.url,
+        "FARM_TOKEN": server.token,
+        "XDG_CONFIG_HOME": str(cwd),
+    }
     return subprocess.run(
         [sys.executable, "-m", "farm", *args],
         capture_output=True,
@@ -36,12 +40,12 @@ def test_an_uploaded_scene_renders_on_the_server_and_its_frames_come_back(
     assert submitted.returncode == 0, submitted.stderr
     job = json.loads(submitted.stdout)["id"]
     digest = digest_of(scene)
-    stored = httpx.get(f"{farm_server.url}/api/v1/scenes/{digest}").json()
+    stored = farm_server.client().get(f"{farm_server.url}/api/v1/scenes/{digest}").json()
     assert stored == {"scene": f"sha256:{digest}", "bytes": scene.stat().st_size}
 
     watched = farm("watch", str(job), server=farm_server, cwd=tmp_path)
     assert watched.returncode == 0, watched.stderr
-    status = httpx.get(f"{farm_server.url}/api/v1/jobs/{job}").json()
+    status = farm_server.client().get(f"{farm_server.url}/api/v1/jobs/{job}").json()
     assert (status["name"], status["state"]) == (scene.name, "done")
 
     fetched = farm("fetch", str(job), "frames", "--json", server=farm_server, cwd=tmp_path)
@@ -49,7 +53,7 @@ def test_an_uploaded_scene_renders_on_the_server_and_its_frames_come_back(
     files = json.loads(fetched.stdout)["files"]
     names = [f"{scene.stem}_{f:04d}.exr" for f in (1, 2, 3)]
     assert sorted(os.path.basename(f) for f in files) == names
-    outputs = httpx.get(f"{farm_server.url}/api/v1/jobs/{job}/outputs").json()
+    outputs = farm_server.client().get(f"{farm_server.url}/api/v1/jobs/{job}/outputs").json()
     for output in outputs:  # byte for byte what the server wrote
         with open(output["path"], "rb") as written:
             assert (tmp_path / "frames" / os.path.basename(output["path"])).read_bytes() == (
@@ -62,7 +66,9 @@ def test_an_uploaded_scene_renders_on_the_server_and_its_frames_come_back(
     assert escape.stderr.strip() == (
         "error: output '../../x_####.exr' leaves the server's outputs folder"
     )
-    wrong = httpx.put(f"{farm_server.url}/api/v1/scenes/{'0' * 64}", content=b"not that")
+    wrong = farm_server.client().put(
+        f"{farm_server.url}/api/v1/scenes/{'0' * 64}", content=b"not that"
+    )
     assert wrong.status_code == 400 and "sha256 is" in wrong.json()["detail"]
 
 
@@ -71,10 +77,11 @@ def test_cancel_stops_the_running_blenders_and_nothing_is_left_queued(
 ) -> None:
     scene = make_scene(96, 54, samples=3000, frames=6)  # frames of several seconds
     api = f"{farm_server.url}/api/v1"
+    http = farm_server.client()
     body = {"scene": str(scene), "output": str(tmp_path / "f_####.exr"), "threads": 1}
-    job = httpx.post(f"{api}/jobs/render", json=body).json()["id"]
+    job = http.post(f"{api}/jobs/render", json=body).json()["id"]
     deadline = time.monotonic() + 60
-    while not httpx.get(f"{api}/jobs/{job}").json()["tasks"]["running"]:
+    while not http.get(f"{api}/jobs/{job}").json()["tasks"]["running"]:
         assert time.monotonic() < deadline, "no task started"
         time.sleep(0.1)
     assert wait_until(lambda: blenders_on(scene), 30)
@@ -84,8 +91,8 @@ def test_cancel_stops_the_running_blenders_and_nothing_is_left_queued(
     # The slots that rendered the job died with their Blenders; a warm slot still opening on the
     # scene may stay for the next job, idle.
     assert wait_until(lambda: not rendering(blenders_on(scene)), 15), "a Blender went on rendering"
-    assert wait_until(lambda: httpx.get(f"{api}/jobs/{job}").json()["tasks"]["running"] == 0, 15)
-    status = httpx.get(f"{api}/jobs/{job}").json()
+    assert wait_until(lambda: http.get(f"{api}/jobs/{job}").json()["tasks"]["running"] == 0, 15)
+    status = http.get(f"{api}/jobs/{job}").json()
     assert status["state"] == "cancelled"
     assert status["tasks"]["queued"] == 0 and status["tasks"]["cancelled"] == 6
     assert not list(tmp_path.glob("f_*.exr"))

@@ -6,7 +6,6 @@ import time
 from collections import Counter
 from pathlib import Path
 
-import httpx
 import psutil
 from sqlalchemy import select
 
@@ -40,11 +39,12 @@ def test_a_server_killed_mid_job_goes_on_from_the_store(make_scene, tmp_path) ->
     server = FarmServer(data).start()
     try:
         api = f"{server.url}/api/v1"
+        http = server.client()
         body = {"scene": str(scene), "output": str(out / "f_####.exr"), "tiles": "none"}
-        job = httpx.post(f"{api}/jobs/render", json={**body, "threads": 1}).json()["id"]
+        job = http.post(f"{api}/jobs/render", json={**body, "threads": 1}).json()["id"]
         written = wait_for(
             lambda: [
-                e for e in httpx.get(f"{api}/jobs/{job}/events").json() if e["kind"] == "written"
+                e for e in http.get(f"{api}/jobs/{job}/events").json() if e["kind"] == "written"
             ][2:],
             timeout=120,
             what="three frames written",
@@ -59,11 +59,11 @@ def test_a_server_killed_mid_job_goes_on_from_the_store(make_scene, tmp_path) ->
 
         server.start()
         wait_for(
-            lambda: httpx.get(f"{api}/jobs/{job}").json()["state"] in ("done", "failed"),
+            lambda: http.get(f"{api}/jobs/{job}").json()["state"] in ("done", "failed"),
             timeout=180,
             what="the job to finish after the restart",
         )
-        status = httpx.get(f"{api}/jobs/{job}").json()
+        status = http.get(f"{api}/jobs/{job}").json()
         assert status["state"] == "done", status
         assert sorted(p.name for p in out.iterdir()) == [f"f_{f:04d}.exr" for f in range(1, 9)]
         for name, mtime in before.items():  # frames on disk before the kill were not redone
@@ -92,20 +92,21 @@ def test_a_server_on_postgresql_killed_mid_job_goes_on_from_the_store(
     server = FarmServer(tmp_path / "data", db=postgres_url).start()
     try:
         api = f"{server.url}/api/v1"
-        job = httpx.post(f"{api}/jobs/probe", json={"tasks": 12, "seconds": 0.5}).json()["id"]
+        http = server.client()
+        job = http.post(f"{api}/jobs/probe", json={"tasks": 12, "seconds": 0.5}).json()["id"]
         wait_for(
-            lambda: httpx.get(f"{api}/jobs/{job}").json()["tasks"]["done"] >= 2,
+            lambda: http.get(f"{api}/jobs/{job}").json()["tasks"]["done"] >= 2,
             timeout=60,
             what="two tasks done",
         )
         server.kill()
         server.start()
         wait_for(
-            lambda: httpx.get(f"{api}/jobs/{job}").json()["state"] == "done",
+            lambda: http.get(f"{api}/jobs/{job}").json()["state"] == "done",
             timeout=60,
             what="the job to finish after the restart",
         )
-        attempts = httpx.get(f"{api}/jobs/{job}/logs").json()
+        attempts = http.get(f"{api}/jobs/{job}/logs").json()
         assert {a["status"] for a in attempts} == {"done", "lost"}
         assert sorted(a["task"] for a in attempts if a["status"] == "done") == sorted(
             f"p{i}" for i in range(12)
@@ -123,9 +124,10 @@ def test_a_stored_job_the_farm_cannot_read_fails_alone(tmp_path) -> None:
     server = FarmServer(tmp_path / "data").start()
     try:
         api = f"{server.url}/api/v1"
-        wait_for(lambda: httpx.get(f"{api}/jobs/1").json()["state"] == "failed", 30, "a failure")
-        assert "cannot run the stored job" in httpx.get(f"{api}/jobs/1").json()["message"]
-        job = httpx.post(f"{api}/jobs/probe", json={"tasks": 2}).json()["id"]
-        wait_for(lambda: httpx.get(f"{api}/jobs/{job}").json()["state"] == "done", 30, "done")
+        http = server.client()
+        wait_for(lambda: http.get(f"{api}/jobs/1").json()["state"] == "failed", 30, "a failure")
+        assert "cannot run the stored job" in http.get(f"{api}/jobs/1").json()["message"]
+        job = http.post(f"{api}/jobs/probe", json={"tasks": 2}).json()["id"]
+        wait_for(lambda: http.get(f"{api}/jobs/{job}").json()["state"] == "done", 30, "done")
     finally:
         server.stop()
