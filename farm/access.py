@@ -9,7 +9,7 @@ Outputs are confined to the owner's own folder, ``ROOT/USER``: ROOT is the outpu
 sets (user, cohort, then programme), else ``DATA/outputs``. A relative output goes under it; an absolute one must lie
 inside it once every symbolic link on the way is resolved, so neither ``..`` nor a link out of
 the root escapes. Scenes given by path are confined the same way (uploads are by hash). Admins
-are not confined.
+may name any absolute path; their relative ones stay in their folder too.
 """
 
 from __future__ import annotations
@@ -106,7 +106,7 @@ def confine(path: str, root: Path, what: str, unconfined: bool = False) -> Path:
     """Where ``path`` (relative to ``root``, or absolute) points; refused if it leaves ``root``."""
     given = Path(path)
     target = Path(os.path.normpath(root / given)) if not given.is_absolute() else given
-    if unconfined:
+    if unconfined and given.is_absolute():
         return target
     if not _real(target).is_relative_to(_real(root)):
         raise Forbidden(f"{what} {path!r} is outside your folder {root}")

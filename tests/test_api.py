@@ -190,9 +190,10 @@ def test_fuzzing_the_api_against_its_spec_finds_no_server_error(farm_server, api
     spare = api.post("/admin/tokens", json={"user": "admin"}).json()["id"]
     assert api.post("/admin/users", json={"name": "fuzzer", "role": "admin"}).status_code == 201
     fuzzer = FarmServer(farm_server.data)
-    fuzzer.url, fuzzer.token = farm_server.url, api.post(
-        "/admin/tokens", json={"user": "fuzzer"}
-    ).json()["token"]
+    fuzzer.url, fuzzer.token = (
+        farm_server.url,
+        api.post("/admin/tokens", json={"user": "fuzzer"}).json()["token"],
+    )
     schema = schemathesis.openapi.from_url(farm_server.url + "/openapi.json")
     operations = [result.ok() for result in schema.get_all_operations()]
     labels = {op.label for op in operations}
@@ -204,7 +205,9 @@ def test_fuzzing_the_api_against_its_spec_finds_no_server_error(farm_server, api
             # Schema-valid probe submissions are real work: the next test fuzzes them, cheaply.
             if mode.is_positive and operation.path == "/api/v1/jobs/probe":
                 continue
-            fixed = {"path_parameters": {"token_id": spare}} if "{token_id}" in operation.path else {}
+            fixed = (
+                {"path_parameters": {"token_id": spare}} if "{token_id}" in operation.path else {}
+            )
             sent += _fuzz(fuzzer, operation, mode, EXAMPLES, **fixed)
         if "{job_id}" in operation.path:  # and on jobs that exist, not only on unknown ids
             for job in (done, failing):

@@ -60,11 +60,12 @@ def test_an_uploaded_scene_renders_on_the_server_and_its_frames_come_back(
                 written.read()
             )
 
-    # The same scene again is not sent again; a relative output may not leave the outputs folder.
+    # The same scene again is not sent again; a relative output may not leave the user's folder.
     escape = farm(*args, "-o", "../../x_####.exr", server=farm_server, cwd=tmp_path)
     assert escape.returncode == 2
+    folder = farm_server.data / "outputs" / "admin"
     assert escape.stderr.strip() == (
-        "error: output '../../x_####.exr' leaves the server's outputs folder"
+        f"error: output '../../x_####.exr' is outside your folder {folder}"
     )
     wrong = farm_server.client().put(
         f"{farm_server.url}/api/v1/scenes/{'0' * 64}", content=b"not that"
