@@ -194,6 +194,12 @@ class Server:
     def __init__(self, folder: Path) -> None:
         self.port = free_port()
         self.log = folder / "server.log"
+        init = [sys.executable, "-m", "farm", "admin", "init", "--data-dir", str(folder / "data")]
+        init += ["--name", "admin", "--json"]
+        made = subprocess.run(init, capture_output=True, text=True, check=False)
+        if made.returncode != 0:
+            sys.exit(f"farm admin init failed:\n{made.stderr}")
+        token = json.loads(made.stdout)["token"]
         command = [sys.executable, "-m", "farm", "server", "--port", str(self.port)]
         command += ["--data-dir", str(folder / "data"), "--ray-address", "local"]
         env = {**os.environ, "RAY_ADDRESS": "local"}  # never join a cluster started by hand
@@ -201,7 +207,11 @@ class Server:
             self.process = subprocess.Popen(
                 command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
             )
-        self.client = httpx.Client(base_url=f"http://127.0.0.1:{self.port}/api/v1", timeout=30)
+        self.client = httpx.Client(
+            base_url=f"http://127.0.0.1:{self.port}/api/v1",
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=30,
+        )
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
