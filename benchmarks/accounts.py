@@ -20,7 +20,9 @@ ledger.
    (``Scheduler._ordered`` with its cache cleared), averaged over ``ORDERINGS``, once the cluster
    is full; and ``Scheduler._decide`` (the walk over every job in order, asking the owner's quota
    room of each job that fits) after one placed task's end freed its share, so exactly one
-   decision a walk, ``DECISIONS`` times, on a private local Ray.
+   decision a walk, ``DECISIONS`` times, on a private local Ray. Also what the loop does to
+   accounts on its own: reviewing every job against its owner's account (every ``ORDER_EVERY``
+   s), and reading every account from the store first (every ``ACCOUNTS_EVERY`` s).
 
 Goal: ≤ 1 ms a dispatch decision.
 
@@ -51,7 +53,7 @@ from farm import accounts, submit
 from farm.accounts import Ask
 from farm.admin_api import NewEnrolment, PolicyChange, change_policy, enrol
 from farm.auth import add_user
-from farm.scheduler import Scheduler, ensure_ray
+from farm.scheduler import ACCOUNTS_EVERY, ORDER_EVERY, Scheduler, ensure_ray
 from farm.states import State
 from farm.store import Charge, Job, Task, open_store, session
 from pipelines.probe import ProbeSpec
@@ -68,6 +70,7 @@ CHARGES_PER_USER = 20
 LEDGER_DAYS = 30
 ADMISSIONS = 500
 ORDERINGS = 20
+REVIEWS = 20
 DECISIONS = 3_000
 
 
@@ -256,6 +259,18 @@ def child(path: Path, with_accounts: bool) -> None:
     assert not held, f"{len(held)} jobs held, first: {scheduler.jobs[held[0]].held_for}"
     standings = len(scheduler.quotas.standings)
     assert standings == (USERS if with_accounts else 0), standings
+    tasks = sum(len(job.queued) for job in scheduler.jobs.values())
+    reviews = []
+    for _ in range(REVIEWS):  # what every turn does once ORDER_EVERY has passed
+        started = time.perf_counter()
+        scheduler._review_accounts()
+        reviews.append(time.perf_counter() - started)
+    rereads = []
+    for _ in range(REVIEWS // 4):  # ... and every ACCOUNTS_EVERY, reading every account first
+        started = time.perf_counter()
+        scheduler._review_accounts(read=True)
+        rereads.append(time.perf_counter() - started)
+    assert len(scheduler.quotas.standings) == standings
     ensure_ray("local")
     try:
         ordering_s, decide_s = decision_cost(scheduler)
@@ -263,10 +278,12 @@ def child(path: Path, with_accounts: bool) -> None:
         scheduler.close()
         ray.shutdown()
     result = {
-        "tasks": sum(len(job.queued) for job in scheduler.jobs.values()),
+        "tasks": tasks,
         "jobs": len(scheduler.jobs),
         "standings": standings,
         "load_s": load,
+        "review_s": statistics.mean(reviews),
+        "reread_s": statistics.mean(rereads),
         "ordering_s": ordering_s,
         "decide_s": decide_s,
     }
@@ -349,6 +366,20 @@ def main() -> None:
             f"{no['load_s']:.2f} s",
             f"{yes['load_s']:.2f} s",
             ratio(no["load_s"], yes["load_s"]),
+        ),
+        (
+            f"reviewing every job against its owner's account: `_review_accounts()` (every "
+            f"{ORDER_EVERY:g} s)",
+            ms(no["review_s"]),
+            ms(yes["review_s"]),
+            ratio(no["review_s"], yes["review_s"]),
+        ),
+        (
+            f"… reading every account first: `_review_accounts(read=True)` (every "
+            f"{ACCOUNTS_EVERY:g} s)",
+            ms(no["reread_s"]),
+            ms(yes["reread_s"]),
+            ratio(no["reread_s"], yes["reread_s"]),
         ),
         (
             f"a full fair-share re-ordering of {yes['jobs']:,} jobs (mean of {ORDERINGS})",
