@@ -318,7 +318,7 @@ def farm(args: list[str], server: FarmServer, tmp_path: Path, token: str | None 
     env = {
         **os.environ,
         "FARM_URL": server.url,
-        "FARM_TOKEN": token or server.token,
+        "FARM_TOKEN": server.token if token is None else token,
         "XDG_CONFIG_HOME": str(tmp_path / "config"),
     }
     return subprocess.run(
@@ -406,6 +406,17 @@ def test_the_admin_cli_makes_users_tokens_quotas_and_reads_usage(server, admin, 
     assert lines[0] == "cohort,gpu_hours,cpu_hours,attempts,jobs"
     assert any(line.startswith("work40/cli,") for line in lines), lines
     assert (tmp_path / "u.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    # farm login keeps the token, readable by its owner only, for commands without FARM_TOKEN.
+    done = farm(["login", server.url, "--token", token], server, tmp_path, "")
+    assert done.returncode == 0, done.stderr
+    assert "as judy (trainee)" in done.stdout
+    saved = tmp_path / "config" / "farm" / "client.json"
+    assert saved.stat().st_mode & 0o777 == 0o600
+    done = farm(["usage", "--json"], server, tmp_path, "")
+    assert json.loads(done.stdout)["user"] == "judy", done.stderr
+    done = farm(["login", server.url, "--token", "farm_wrong"], server, tmp_path, "")
+    assert done.returncode == 2 and "not known" in done.stderr, done.stderr
 
     done = farm(["admin", "user", "list"], server, tmp_path, token)
     assert done.returncode == 2 and "only admins" in done.stderr, done.stderr
