@@ -252,11 +252,20 @@ def nodes(as_json: bool) -> None:
     show_default=True,
     help="The Ray cluster to join: auto (this machine's, else a local one), an address, or local.",
 )
-def server(host: str, port: int, data_dir: Path, db: str | None, ray_address: str) -> None:
+@click.option(
+    "--half-life",
+    type=click.FloatRange(min=0.001),
+    default=7.0,
+    show_default=True,
+    help="Fair share: days after which a user's past usage counts half.",
+)
+def server(
+    host: str, port: int, data_dir: Path, db: str | None, ray_address: str, half_life: float
+) -> None:
     """Run the farm server: the queue, the scheduler and the API, on the head node."""
     from farm.server import serve  # the server's imports are the client's business only here
 
-    serve(host, port, data_dir, db, ray_address)
+    serve(host, port, data_dir, db, ray_address, half_life * 86_400)
 
 
 @click.command()

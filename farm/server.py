@@ -17,6 +17,7 @@ import uvicorn
 
 from farm.api import create_app
 from farm.errors import FarmError
+from farm.fairshare import HALF_LIFE
 from farm.scheduler import Scheduler, ensure_ray
 from farm.store import open_store
 
@@ -40,13 +41,20 @@ def join_ray(address: str | None) -> str:
     return f"the Ray cluster at {address} ({nodes} node{'s' if nodes != 1 else ''})"
 
 
-def serve(host: str, port: int, data_dir: Path, db: str | None, ray_address: str | None) -> None:
-    """Run until interrupted (Ctrl-C or SIGTERM)."""
+def serve(
+    host: str,
+    port: int,
+    data_dir: Path,
+    db: str | None,
+    ray_address: str | None,
+    half_life: float = HALF_LIFE,
+) -> None:
+    """Run until interrupted (Ctrl-C or SIGTERM); ``half_life``: fair share's, in seconds."""
     data_dir.mkdir(parents=True, exist_ok=True)
     url = db or f"sqlite:///{(data_dir / 'farm.db').absolute()}"
     engine = open_store(url)
     joined = join_ray(ray_address)
-    scheduler = Scheduler(engine)
+    scheduler = Scheduler(engine, half_life=half_life)
     scheduler.start()
     app = create_app(engine, scheduler, data_dir.absolute())
     where = url if "@" not in url else url.split("@", 1)[1]  # never print a password
