@@ -29,6 +29,7 @@ bench: setup
 	$(BIN)/python benchmarks/assembly.py
 	$(BIN)/python benchmarks/render_shot.py
 	$(BIN)/python benchmarks/scheduler.py
+	$(BIN)/python benchmarks/accounts.py
 
 clean:
 	rm -rf $(VENV) .farm renders

@@ -134,11 +134,14 @@ class Standing:
     def spent(self, running_gpu: float = 0.0, running_cpu: float = 0.0) -> str:
         """Why the quota stops new work ('' while some is left), counting running attempts."""
         gpu, cpu = self.remaining(running_gpu, running_cpu)
-        renews = self.renews()
         if gpu <= 0:
-            return f"{self.name} has used the {self.limits.gpu_hours:g} GPU-hours of {renews}"
+            return (
+                f"{self.name} has used the {self.limits.gpu_hours:g} GPU-hours of {self.renews()}"
+            )
         if cpu <= 0:
-            return f"{self.name} has used the {self.limits.cpu_hours:g} CPU-hours of {renews}"
+            return (
+                f"{self.name} has used the {self.limits.cpu_hours:g} CPU-hours of {self.renews()}"
+            )
         return ""
 
     def renews(self) -> str:
@@ -246,10 +249,12 @@ def standings(
             standing.limits.period, day, standing.enrolment
         )
         result[user.name] = standing
+    by_start: dict[dt.datetime | None, list[str]] = {}
     for standing in result.values():
-        standing.gpu_seconds, standing.cpu_seconds = ledger.used(
-            db, standing.name, standing.period_start
-        )
+        by_start.setdefault(standing.period_start, []).append(standing.name)
+    for start, owners in by_start.items():  # one query a period start, not one a user
+        for owner, (gpu, cpu) in ledger.used_by(db, owners, start).items():
+            result[owner].gpu_seconds, result[owner].cpu_seconds = gpu, cpu
     return result
 
 

@@ -5,6 +5,7 @@ retry budget, the nodes blocked for it, and the kind-specific steps (:mod:`farm.
 from __future__ import annotations
 
 import collections
+import functools
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -16,6 +17,7 @@ if TYPE_CHECKING:
     from farm.scheduler import Scheduler
     from farm.slots import Slot
 
+_RUNNABLE = frozenset({State.QUEUED.value, State.RUNNING.value})
 BLOCK_AFTER = 3  # failed tasks of one job on one node before the node is blocked for the job
 
 
@@ -54,6 +56,7 @@ class ActiveJob:
         self.owner = row.owner
         self.use = Use(row.owner, row.programme or "", row.cohort or "", 0.0, 0.0)
         self.held_for = ""  # why the farm holds the job (a dependency, the owner's account)
+        self.waiting = ""  # the job it waits for, if any, as last read
         self.retries = retries
         self.tasks: dict[str, TaskRef] = {t.key: t for t in tasks}
         self.queued: collections.deque[TaskRef] = collections.deque(
@@ -72,7 +75,7 @@ class ActiveJob:
 
     @property
     def dispatchable(self) -> bool:
-        return self.state in (State.QUEUED, State.RUNNING)
+        return self.row.state in _RUNNABLE  # the walk asks every job: no State made for it
 
     def order_key(self) -> tuple[Any, ...]:
         """The job's own place among its owner's work: higher priority first, then the earlier
@@ -84,12 +87,17 @@ class ActiveJob:
         """What one of the job's tasks holds while it runs: a node without it cannot run them."""
         raise NotImplementedError
 
-    @property
+    @functools.cached_property
     def size(self) -> tuple[float, float, float | None]:
         """One task's GPUs, CPUs and known length in seconds (None: not known): what quotas
         count."""
         needs = self.needs
         return needs.get("GPU", 0.0), needs.get("CPU", 0.0), None
+
+    @functools.cached_property
+    def quota_key(self) -> tuple[str, tuple[float, float, float | None]]:
+        """Jobs with the same key get the same room from their owner's account."""
+        return self.owner, self.size
 
     def bill(self, began: float) -> Bill:
         """What the ledger charges one of the job's attempts that began at ``began``."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import TYPE_CHECKING, Any
 
 import ray
@@ -46,7 +47,7 @@ class ProbeJob(ActiveJob):
     def needs(self) -> dict[str, float]:
         return self.resources
 
-    @property
+    @functools.cached_property
     def size(self) -> tuple[float, float, float | None]:
         return self.spec.gpus, self.spec.cpus, self.spec.seconds
 

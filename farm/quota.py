@@ -80,13 +80,20 @@ class Quotas:
     def __init__(self) -> None:
         self.standings: dict[str, Standing] = {}
         self.flight: collections.defaultdict[str, InFlight] = collections.defaultdict(InFlight)
+        self._absent: set[str] = set()  # owners with no account (the embedded farm's)
 
-    def refresh(self, db: Session, names: list[str] | None = None) -> None:
-        """Read every user's standing again (or only ``names``'), keeping what is in flight."""
-        if names is None:
-            self.standings = accounts.standings(db)
-        else:
-            self.standings.update(accounts.standings(db, names))
+    def refresh(self, db: Session) -> None:
+        """Read every user's standing again, keeping what is in flight."""
+        self.standings = accounts.standings(db)
+        self._absent.clear()
+
+    def know(self, db: Session, owner: str) -> None:
+        """Read ``owner``'s standing if it was not read yet (a user added since)."""
+        if owner not in self.standings and owner not in self._absent:
+            found = accounts.standings(db, [owner])
+            self.standings.update(found)
+            if not found:
+                self._absent.add(owner)
 
     def started(
         self, owner: str, gpus: float, cpus: float, seconds: float | None, at: float

@@ -279,8 +279,7 @@ class Scheduler:
             log.exception("job %s cannot be taken up", job_id)
             self._fail_unstarted(row, f"this farm cannot run the stored job: {error!r}")
             return None
-        if job.owner not in self.quotas.standings:  # a user new since the accounts were read
-            self.quotas.refresh(self.db, [job.owner])
+        self.quotas.know(self.db, job.owner)  # a user new since the accounts were read
         self.jobs[job_id] = job
         self._order = None
         self._review(job)
@@ -327,10 +326,14 @@ class Scheduler:
             states.move_job(self.db, row, State.FAILED, message=reason)
         self.emit(Event("finished", row.id, message=reason))
 
-    def _review(self, job: ActiveJob) -> None:
+    def _review(self, job: ActiveJob, dependencies: bool = True) -> None:
         """Hold a job while a job it runs after is not done, or while its owner's account lets it
-        run nothing (the enrolment, a spent quota), saying why; release it once neither holds."""
-        why = self._waits_for(job) or self.quotas.hold_reason(job.owner, *job.size, time.time())
+        run nothing (the enrolment, a spent quota), saying why; release it once neither holds.
+        Without ``dependencies``, what the job waits for is as last read (that changes only when
+        a job ends)."""
+        if dependencies:
+            job.waiting = self._waits_for(job)
+        why = job.waiting or self.quotas.hold_reason(job.owner, *job.size, time.time())
         if why == job.held_for and (job.state is State.HELD) == bool(why):
             return
         job.held_for = why
@@ -367,7 +370,7 @@ class Scheduler:
             self._accounts_read = time.monotonic()
         for job in list(self.jobs.values()):
             if job.state in (State.QUEUED, State.RUNNING, State.HELD):
-                self._review(job)
+                self._review(job, dependencies=False)
 
     # One turn of the loop.
 
@@ -469,14 +472,19 @@ class Scheduler:
         is read (its state lives in its store row)."""
         starts: list[Start] = []
         quotas, now = self.quotas, time.time()
+        full: set[tuple[str, tuple[float, float, float | None]]] = set()  # no room this turn
         for job in self._ordered():
-            if isinstance(job, ProbeJob) and not self.capacity.fits(job.share):
+            key = job.quota_key
+            if key in full:
+                continue
+            if isinstance(job, ProbeJob) and not (job.queued and self.capacity.fits(job.share)):
                 continue
             if not job.dispatchable:
                 continue
             gpus, cpus, seconds = job.size
             room = quotas.room(job.owner, gpus, cpus, seconds, now)
             if room <= 0:
+                full.add(key)
                 continue
             before = len(starts)
             job.place(self, starts, room)
