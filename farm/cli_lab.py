@@ -151,6 +151,8 @@ def watch_job(farm: Farm, job: int, as_json: bool) -> dict[str, Any]:
                         f"[yellow]{word} {event['task']}[/]: {escape(event['message'])}",
                         highlight=False,
                     )
+                elif event["kind"] == "held" and not event["task"]:  # a dependency, a quota
+                    console.print(f"[yellow]held[/]: {escape(event['message'])}", highlight=False)
                 elif event["kind"] == "written" and not console.is_terminal:
                     console.print(f"wrote {event['message']}", highlight=False)
             counts = info["tasks"]

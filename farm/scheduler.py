@@ -135,7 +135,9 @@ class Scheduler:
         self.listeners: list[Callable[[Event], None]] = []
         self.quotas = Quotas()
         self.fairshare = FairShare(half_life)
-        self._order: list[ActiveJob] | None = None
+        self._order: list[ActiveJob] | None = None  # None: jobs came or went
+        self._reorder = False  # usage moved on since the last ordering
+        self._ranks: list[str] = []  # owners by fair share, as last ordered
         self._ordered_at = 0.0
         self._accounts_read = 0.0
         self._sent = 0.0
@@ -378,7 +380,7 @@ class Scheduler:
         self._run_commands()
         if time.monotonic() - self._ordered_at > ORDER_EVERY:
             self._review_accounts()
-            self._order = None  # usage moved on: order by fair share again
+            self._reorder = True  # usage moved on: order by fair share again
         self._dispatch()
         self._drain_progress()
         self._wait(wait)
@@ -452,7 +454,7 @@ class Scheduler:
         """The active jobs in the farm's one order (:func:`farm.fairshare.order`): by their owners'
         fair share, then their own key. Sorted again when jobs come or go, and every ORDER_EVERY
         seconds as usage moves on: not on every turn of the loop."""
-        if self._order is None:
+        if self._order is None or self._reorder:
             at = time.time()
             owners = {j.owner for j in self.jobs.values() if j.dispatchable and j.queued}
             running = {
@@ -461,7 +463,10 @@ class Scheduler:
                 if owner in owners
             }
             factors = self.fairshare.factors(owners, at, running)
-            self._order = fairshare.order(self.jobs.values(), lambda o: factors.get(o, 0.0))
+            ranks = sorted(factors, key=lambda o: (-factors[o], o))
+            if self._order is None or ranks != self._ranks:  # else the same order again
+                self._order = fairshare.order(self.jobs.values(), lambda o: factors.get(o, 0.0))
+            self._ranks, self._reorder = ranks, False
             self._ordered_at = time.monotonic()
         return self._order
 
@@ -472,14 +477,12 @@ class Scheduler:
         is read (its state lives in its store row)."""
         starts: list[Start] = []
         quotas, now = self.quotas, time.time()
-        full: set[tuple[str, tuple[float, float, float | None]]] = set()  # no room this turn
+        full: set[int] = set()  # the quota keys of owners with no room this turn
         for job in self._ordered():
-            key = job.quota_key
-            if key in full:
-                continue
             if isinstance(job, ProbeJob) and not (job.queued and self.capacity.fits(job.share)):
                 continue
-            if not job.dispatchable:
+            key = job.quota_key
+            if key in full or not job.dispatchable:
                 continue
             gpus, cpus, seconds = job.size
             room = quotas.room(job.owner, gpus, cpus, seconds, now)
@@ -746,7 +749,7 @@ class Scheduler:
 
     def _finish_jobs(self) -> None:
         for job in list(self.jobs.values()):
-            if job.in_flight or job.busy:
+            if job.in_flight or job.queued or job.busy:  # most jobs, at no cost
                 continue
             if job.state is State.CANCELLED:
                 self._leave(job)
