@@ -25,6 +25,7 @@ from sqlalchemy.orm import Session
 from farm.accounts import Standing
 from farm.errors import FarmError
 from farm.store import Enrolment, Job, User
+from pipelines.render import user_path
 
 
 class Forbidden(FarmError):
@@ -104,7 +105,7 @@ def _real(path: Path) -> Path:
 
 def confine(path: str, root: Path, what: str, unconfined: bool = False) -> Path:
     """Where ``path`` (relative to ``root``, or absolute) points; refused if it leaves ``root``."""
-    given = Path(path)
+    given = user_path(what, path)  # ~ expanded; NUL or ~nobody refused in one line
     target = Path(os.path.normpath(root / given)) if not given.is_absolute() else given
     if unconfined and given.is_absolute():
         return target

@@ -12,7 +12,7 @@ import re
 from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Depends
 from fastapi import Path as Path_
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
@@ -136,7 +136,14 @@ def enrol(db: Session, entry: NewEnrolment, role: str | None = None) -> str:
 def import_roster(db: Session, text: str) -> dict[str, int]:
     """Enrol every row of a roster CSV (columns user, programme, cohort, from, until, and
     optionally status and role), all or nothing: the first bad row is refused with its line."""
-    reader = csv.DictReader(io.StringIO(text))
+    try:
+        return _import_rows(db, csv.DictReader(io.StringIO(text, newline="")))
+    except csv.Error as error:
+        db.rollback()
+        raise FarmError(f"the roster is not CSV: {error}") from None
+
+
+def _import_rows(db: Session, reader: "csv.DictReader[str]") -> dict[str, int]:
     needed = {"user", "programme", "cohort", "from", "until"}
     columns = set(reader.fieldnames or [])
     if not needed <= columns:
@@ -285,12 +292,9 @@ def admin_routes(
         return {**_token_json(row, user.name), "token": token}
 
     @router.get("/tokens")
-    def tokens(
-        db: Db, _: Admin, user: Annotated[str | None, Query(max_length=64)] = None
-    ) -> list[dict[str, Any]]:
+    def tokens(db: Db, _: Admin) -> list[dict[str, Any]]:
+        """Every token, without its secret."""
         query = select(Token, User.name).join(User, User.id == Token.user_id).order_by(Token.id)
-        if user is not None:
-            query = query.where(User.name == user)
         return [_token_json(token, name) for token, name in db.execute(query)]
 
     @router.post("/tokens/{token_id}/revoke")

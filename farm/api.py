@@ -243,6 +243,18 @@ def create_app(engine: Engine, scheduler: Scheduler, data: Path) -> FastAPI:
 
     Me = Annotated[Caller, Depends(caller)]
 
+    @app.middleware("http")
+    async def single_query_values(request: Request, call_next: Any) -> Any:
+        """A query parameter given twice is refused: the spec says each is one value, and taking
+        the last (what FastAPI does) would accept a request the spec forbids."""
+        seen: set[str] = set()
+        for name, _ in request.query_params.multi_items():
+            if name in seen:
+                detail = f"{one_line(name, 64)}: query parameter given more than once"
+                return JSONResponse({"detail": detail, "errors": 1}, status_code=422)
+            seen.add(name)
+        return await call_next(request)
+
     @app.exception_handler(FarmError)
     async def refused(_: Request, error: FarmError) -> JSONResponse:
         status = 404 if str(error).startswith("no job ") else 400
@@ -288,9 +300,10 @@ def create_app(engine: Engine, scheduler: Scheduler, data: Path) -> FastAPI:
             raise Forbidden("only instructors and admins may run a scene's own scripts")
         standing = accounts.standing_of(db, me.name)
         root = output_root(standing, data)
-        if not body.scene.startswith("sha256:"):
-            confine(body.scene, root, "scene", me.admin)
-        fields["scene"], digest = scenes.resolve(body.scene)
+        scene = body.scene
+        if not scene.startswith("sha256:"):
+            scene = str(confine(scene, root, "scene", me.admin))
+        fields["scene"], digest = scenes.resolve(scene)
         output = fields["output"] or f"renders/{Path(body.name or body.scene).stem}_####.exr"
         fields["output"] = str(confine(output, root, "output", me.admin))
         spec = render.validate(RenderRequest(**fields))

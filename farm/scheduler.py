@@ -688,7 +688,11 @@ class Scheduler:
         endings: list[Ending],
         then: list[Callable[[], None]],
     ) -> None:
-        """Retry the task, or give it up once its retries are spent; count the node's failures."""
+        """Retry the task, or give it up once its retries are spent; count the node's failures.
+        A cancelled task's attempt (its slot killed by the cancel) ends it cancelled."""
+        if self._cancelled(task):
+            endings.append(Ending(task, State.CANCELLED, node, reason, "cancelled"))
+            return
         task.failures += 1
         if node:
             job.node_failures[node] += 1
@@ -749,7 +753,9 @@ class Scheduler:
 
     def _finish_jobs(self) -> None:
         for job in list(self.jobs.values()):
-            if job.in_flight or job.queued or job.busy:  # most jobs, at no cost
+            if job.in_flight or job.busy:
+                continue
+            if job.queued and job.row.state != State.CANCELLED:  # most jobs, at little cost
                 continue
             if job.state is State.CANCELLED:
                 self._leave(job)
@@ -803,6 +809,8 @@ class Scheduler:
         """Cancel a job (or one task): queued work never starts, running work is stopped."""
         job = self._job(job_id)
         if key is None:
+            if job.state is State.CANCELLED:  # its last attempts are still ending
+                raise FarmError(f"job {job_id} is cancelled: nothing to change")
             states.move_job(self.db, job.row, State.CANCELLED, "cancelled")
             job.cancelling = True
             waiting = [t for t in job.tasks.values() if t.state in _WAITING]

@@ -374,6 +374,11 @@ def test_an_unknown_job_is_a_404_naming_it(api, method, path, job):
     assert refusal(response, 404) == f"no job {job}"
 
 
+def test_a_query_parameter_given_twice_is_a_422(api, done_job):
+    response = api.get(f"/jobs/{done_job}/logs", params=[("task", "p0"), ("task", "p1")])
+    refusal(response, 422, "task: query parameter given more than once")
+
+
 def test_a_job_id_that_is_not_a_number_is_a_422(api):
     refusal(api.get("/jobs/abc"), 422, "job_id", "valid integer")
     refusal(api.post("/jobs/1.5/cancel"), 422, "job_id", "valid integer")
