@@ -70,6 +70,7 @@ class ActiveJob:
         self.cancelling = False  # the whole job was cancelled: its running tasks end cancelled
         self.cancel_keys: set[str] = set()  # running tasks cancelled one by one
         self.reason = ""  # why the job ended, when it did not end done
+        self.reported = 0  # metric rows a training run reported so far
 
     @property
     def state(self) -> State:

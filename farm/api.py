@@ -46,6 +46,7 @@ from farm.errors import FarmError
 from farm.jobs import (
     job_events,
     job_logs,
+    job_metrics,
     job_outputs,
     job_status,
     job_tasks,
@@ -56,7 +57,7 @@ from farm.scenes import SceneStore
 from farm.scheduler import Scheduler
 from farm.slots import lab_resource
 from farm.store import session
-from pipelines import probe, render
+from pipelines import probe, render, train
 from pipelines.probe import ProbeSpec
 from pipelines.render import RenderRequest
 
@@ -113,6 +114,24 @@ class ProbeSubmission(Submission):
     memory: int = Field(0, ge=0, le=2**50, description="Bytes each task reserves.")
     fail_first: int = Field(0, ge=0, le=100)
     retries: int = Field(2, ge=0, le=100)
+
+
+class TrainSubmission(Submission):
+    """``farm submit train``: the script travels as text; Ray Train runs it on the cluster."""
+
+    script: Annotated[str, Field(max_length=256)] = Field(description="The script's file name.")
+    source: Annotated[str, Field(max_length=train.MAX_SCRIPT)] = Field(
+        description="The script: defines train_loop_per_worker(config)."
+    )
+    workers: int = Field(1, ge=1, le=1024)
+    cpus_per_worker: float = Field(1.0, gt=0, le=1024)
+    gpus_per_worker: float = Field(0.0, ge=0, le=64)
+    max_hours: float | None = Field(None, gt=0, le=8760)
+    config: dict[Annotated[str, Field(max_length=128)], Any] = Field(
+        default_factory=dict, max_length=256, description="train_loop_config."
+    )
+    max_failures: int = Field(2, ge=0, le=100)
+    lab: Lab | None = None
 
 
 class Scene(BaseModel):
@@ -339,6 +358,28 @@ def create_app(engine: Engine, scheduler: Scheduler, data: Path) -> FastAPI:
             job_id = submit.probe_job(db, spec, me.name, body.priority, body.after, enrolment)
         scheduler.notify(job_id)
         return Accepted(id=job_id, state="queued")
+
+    @app.post(f"{PREFIX}/jobs/train", status_code=201, responses=_refusals(400, 403, 422))
+    def submit_train(body: TrainSubmission, db: Db, me: Me) -> Accepted:
+        fields = body.model_dump(exclude={"priority", "after", "lab"})
+        spec = train.validate(train.TrainSpec(**fields))
+        cluster.check(spec.cpus_per_worker, spec.gpus_per_worker, body.lab)
+        gpus = spec.workers * spec.gpus_per_worker
+        seconds = spec.max_hours * 3600 if spec.max_hours else None
+        ask = Ask(body.priority, body.lab, gpus, seconds, 1)
+        with admission:
+            standing = admitted(db, me, ask)
+            enrolment = (standing.programme, standing.cohort)
+            job_id = submit.train_job(
+                db, spec, me.name, body.priority, body.after, enrolment, body.lab
+            )
+        scheduler.notify(job_id)
+        return Accepted(id=job_id, state="queued")
+
+    @app.get(f"{PREFIX}/jobs/{{job_id}}/metrics", responses=_refusals(404, 422))
+    def metrics(job_id: int, db: Db, me: Me) -> list[dict[str, Any]]:
+        """What a training run reported, in order."""
+        return job_metrics(db, readable(db, me, job_id).id)
 
     @app.get(f"{PREFIX}/jobs", responses=_refusals(422))
     def jobs(

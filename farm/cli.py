@@ -18,6 +18,7 @@ from farm import __version__
 from farm.cli_admin import COMMANDS as ADMIN_COMMANDS
 from farm.cli_lab import COMMANDS, FINISHED, POLL, submit_render, watch_job
 from farm.cli_options import render_options
+from farm.cli_train import COMMANDS as TRAIN_COMMANDS
 from farm.client import server_url
 from farm.config import SlotLayout, farm_home, find_blender
 from farm.errors import FarmError, RenderFailed
@@ -252,7 +253,7 @@ def _print_output(attempt: dict[str, Any], text: str, as_json: bool) -> None:
     click.echo("\n".join(prefix + line for line in text.splitlines()))
 
 
-for command in [*COMMANDS, *ADMIN_COMMANDS]:
+for command in [*COMMANDS, *ADMIN_COMMANDS, *TRAIN_COMMANDS]:
     cli.add_command(command)
 
 

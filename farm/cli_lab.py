@@ -20,6 +20,7 @@ from farm.cli_options import json_option, render_options
 from farm.client import Client, config_file
 from farm.client import login as save_login
 from farm.config import parse_memory
+from farm.curves import describe
 from farm.errors import FarmError, RenderFailed
 from farm.views import Farm, connect, remote
 from pipelines.render import user_path
@@ -151,6 +152,8 @@ def watch_job(farm: Farm, job: int, as_json: bool) -> dict[str, Any]:
                         f"[yellow]{word} {event['task']}[/]: {escape(event['message'])}",
                         highlight=False,
                     )
+                elif event["kind"] == "metric":  # a training run's report
+                    console.print(describe(json.loads(event["message"])), highlight=False)
                 elif event["kind"] == "held" and not event["task"]:  # a dependency, a quota
                     console.print(f"[yellow]held[/]: {escape(event['message'])}", highlight=False)
                 elif event["kind"] == "written" and not console.is_terminal:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 from pathlib import Path
 from typing import Any
 
@@ -150,3 +151,14 @@ def job_outputs(db: Session, job_id: int) -> list[dict[str, Any]]:
         for frame, path in sorted(latest.items())
         if Path(path).is_file()
     ]
+
+
+def job_metrics(db: Session, job_id: int) -> list[dict[str, Any]]:
+    """The rows a training run reported, in order (each with its ``time`` and ``checkpoint``)."""
+    _job(db, job_id)
+    rows = db.scalars(
+        select(Event.message)
+        .where(Event.job_id == job_id, Event.kind == "metric")
+        .order_by(Event.id)
+    )
+    return [json.loads(text) for text in rows]

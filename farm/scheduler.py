@@ -34,6 +34,7 @@ from sqlalchemy.engine import Engine
 
 from farm import fairshare, ledger, states
 from farm.active_job import BLOCK_AFTER, ActiveJob, Event, Start
+from farm.config import farm_home
 from farm.errors import FarmError
 from farm.fairshare import FairShare
 from farm.probe_job import ProbeJob
@@ -44,6 +45,7 @@ from farm.states import Ending, State, TaskRef
 from farm.store import Attempt, Job, Task, TaskLog, session
 from farm.store import Event as StoreEvent
 from farm.tiling.assemble import BufferPool
+from farm.train_job import TrainJob, metrics_json
 from workers.blender_session import BlenderError
 from workers.progress import ProgressChannel
 
@@ -121,8 +123,10 @@ class Scheduler:
         blender: str | None = None,  # None: each node's own Blender
         idle_seconds: float = 60.0,
         half_life: float = fairshare.HALF_LIFE,
+        storage: Path | None = None,  # training runs' results and checkpoints, one folder a job
     ) -> None:
         self.engine = engine
+        self.storage = (storage or farm_home() / "train").absolute()
         self.db = session(engine)
         self.blender = blender
         self.idle_seconds = idle_seconds
@@ -315,6 +319,8 @@ class Scheduler:
     def _activate(self, row: Job, tasks: list[TaskRef]) -> ActiveJob:
         if row.kind == "probe":
             return ProbeJob(row, tasks)
+        if row.kind == "train":
+            return TrainJob(row, tasks, self.storage)
         if row.kind == "render":
             job = RenderJob(row, tasks, written_frames(self.db, row.id))
             if row.plan is not None:
@@ -734,7 +740,7 @@ class Scheduler:
         if not now and time.monotonic() - self._drained < PROGRESS_TICK:
             return
         self._drained = time.monotonic()
-        latest, lines = ray.get(self._progress.drain.remote())
+        latest, lines, metrics = ray.get(self._progress.drain.remote())
         for key, fraction in latest.items():
             job_id, _, task_key = key.split("/", 2)
             self.emit(Event("progress", int(job_id), task_key, value=fraction))
@@ -749,6 +755,16 @@ class Scheduler:
             )
             if attempt is not None:
                 self.db.add(TaskLog(attempt_id=attempt, text="\n".join(chunk)))
+        for key, rows in metrics.items():
+            job = self.jobs.get(int(key.split("/", 1)[0]))
+            if not isinstance(job, TrainJob):
+                continue
+            for row in rows:
+                job.metric(row, job.reported)
+                job.reported += 1
+                text = metrics_json(row)
+                self.db.add(StoreEvent(job_id=job.id, kind="metric", message=text))
+                self.emit(Event("metric", job.id, message=text))
         self.db.commit()
 
     def _finish_jobs(self) -> None:

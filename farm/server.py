@@ -54,7 +54,7 @@ def serve(
     url = db or f"sqlite:///{(data_dir / 'farm.db').absolute()}"
     engine = open_store(url)
     joined = join_ray(ray_address)
-    scheduler = Scheduler(engine, half_life=half_life)
+    scheduler = Scheduler(engine, half_life=half_life, storage=data_dir / "train")
     scheduler.start()
     app = create_app(engine, scheduler, data_dir.absolute())
     where = url if "@" not in url else url.split("@", 1)[1]  # never print a password

@@ -13,6 +13,7 @@ from farm.store import Job, Task
 from pipelines import probe
 from pipelines.probe import ProbeSpec
 from pipelines.render import RenderSpec
+from pipelines.train import TrainSpec
 
 PRIORITY_RANGE = (0, 100)
 
@@ -121,5 +122,35 @@ def probe_job(
             for key, payload in probe.expand(spec)
         ],
     )
+    db.commit()
+    return job.id
+
+
+def train_job(
+    db: Session,
+    spec: TrainSpec,
+    owner: str,
+    priority: int = 50,
+    after: list[int] | None = None,
+    enrolment: tuple[str, str] = ("", ""),
+    lab: str | None = None,
+) -> int:
+    """A training run: one task, the run, holding every worker's CPUs and GPUs."""
+    gpus = spec.workers * spec.gpus_per_worker
+    seconds = spec.max_hours * 3600 if spec.max_hours else None
+    name = f"train {spec.script} ×{spec.workers}"
+    job = _job(
+        db,
+        "train",
+        name,
+        owner,
+        {**spec.as_json(), "lab": lab},
+        priority,
+        after or [],
+        enrolment,
+        gpus,
+        seconds,
+    )
+    db.add(Task(job_id=job.id, key="run", state=State.QUEUED.value, attempts=0, payload={}))
     db.commit()
     return job.id

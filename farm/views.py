@@ -24,6 +24,7 @@ class Farm(Protocol):
     def status(self, job: int) -> dict[str, Any]: ...
     def logs(self, job: int, task: str | None) -> list[dict[str, Any]]: ...
     def events(self, job: int, after: int) -> list[dict[str, Any]]: ...
+    def metrics(self, job: int) -> list[dict[str, Any]]: ...
     def change(self, verb: str, job: int, task: str | None) -> str: ...
 
 
@@ -55,6 +56,9 @@ class LocalFarm:
     def events(self, job: int, after: int) -> list[dict[str, Any]]:
         return jobs.job_events(self._store(job), job, after)
 
+    def metrics(self, job: int) -> list[dict[str, Any]]:
+        return jobs.job_metrics(self._store(job), job)
+
     def change(self, verb: str, job: int, task: str | None) -> str:
         raise FarmError(NEEDS_SERVER.format(what=f"farm {verb}"))
 
@@ -76,6 +80,9 @@ class RemoteFarm:
 
     def events(self, job: int, after: int) -> list[dict[str, Any]]:
         return self.client.get(f"/jobs/{job}/events", after=after)
+
+    def metrics(self, job: int) -> list[dict[str, Any]]:
+        return self.client.get(f"/jobs/{job}/metrics")
 
     def change(self, verb: str, job: int, task: str | None) -> str:
         return self.client.post(f"/jobs/{job}/{verb}", {"task": task})["result"]

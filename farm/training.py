@@ -1,0 +1,73 @@
+"""``farm train`` on this machine: the same scheduler as the server's, in this process (embedded
+mode), with the run's metrics shown as they come."""
+
+from __future__ import annotations
+
+import getpass
+import json
+from collections.abc import Callable
+from typing import Any
+
+from farm import submit
+from farm.active_job import Event
+from farm.config import farm_home
+from farm.embedded import abandon, end_orphans
+from farm.errors import FarmError
+from farm.jobs import job_metrics
+from farm.scheduler import Scheduler, ensure_ray
+from farm.states import State
+from farm.store import Job, open_store
+from farm.train_job import TrainJob, run_name
+from pipelines.train import TrainSpec
+
+
+def train_here(
+    spec: TrainSpec | None,
+    resume: int | None = None,
+    on_metric: Callable[[dict[str, Any]], None] | None = None,
+    priority: int = 50,
+) -> dict[str, Any]:
+    """Run a training job to its end on this machine's Ray (or ``resume`` a stopped one from its
+    latest checkpoint); returns what ``--json`` prints."""
+    ensure_ray()
+    home = farm_home()
+    engine = open_store(f"sqlite:///{(home / 'farm.db').absolute()}")
+    scheduler = Scheduler(engine, storage=home / "train")
+    end_orphans(scheduler.db)
+    if resume is not None:
+        row = scheduler.db.get(Job, resume)
+        if row is None or row.kind != "train":
+            raise FarmError(f"no training job {resume} on this machine")
+        if row.state == State.DONE:
+            raise FarmError(f"job {resume} is done: nothing to resume")
+        if State(row.state).finished:
+            scheduler.retry(resume)
+        job_id = resume
+    else:
+        assert spec is not None
+        job_id = submit.train_job(scheduler.db, spec, getpass.getuser(), priority)
+
+    def listen(event: Event) -> None:
+        if event.job == job_id and event.kind == "metric" and on_metric is not None:
+            on_metric(json.loads(event.message))
+
+    scheduler.listeners.append(listen)
+    try:
+        job = scheduler.run_until_finished(job_id)
+    except BaseException as error:
+        scheduler.close(graceful=False)
+        row = scheduler.db.get(Job, job_id)
+        if row is not None:
+            reason = "interrupted" if isinstance(error, KeyboardInterrupt) else str(error)
+            abandon(scheduler.db, row, reason, isinstance(error, KeyboardInterrupt))
+        raise
+    scheduler.close()
+    assert isinstance(job, TrainJob)
+    return {
+        "id": job_id,
+        "state": job.state.value,
+        "message": job.reason,
+        "metrics": job_metrics(scheduler.db, job_id),
+        "storage": str(scheduler.storage / run_name(job_id)),
+        "checkpoint": (job.result or {}).get("checkpoint"),
+    }

@@ -1,0 +1,107 @@
+"""The training launcher: runs a trainee's script with Ray Train's ``TorchTrainer`` as a Ray task.
+
+It runs where the scheduler sends it and holds no CPU itself: Ray Train's workers hold what the
+run asked for. Reported metrics go to the progress channel as they arrive (a Ray Train callback on
+its controller), so the server shows curves live. The run's name and storage folder are the job's:
+starting it again after a lost worker group, a server restart or a cancel finds the same run and
+Ray Train resumes it from its latest checkpoint.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import traceback
+import types
+from typing import Any
+
+from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchTrainer
+from ray.train.v2.api.callback import UserCallback
+
+ENTRY = "train_loop_per_worker"
+
+
+class TrainingFailed(RuntimeError):
+    """The script could not run, or its run failed: the message is the traceback to show."""
+
+    def __reduce__(self):  # Ray pickles the cause: keep the text
+        return (TrainingFailed, (str(self),))
+
+
+def load(script: str, source: str) -> Any:
+    """The script's ``train_loop_per_worker``. The module is not registered in ``sys.modules``, so
+    Ray pickles the function by value and its workers need no copy of the file."""
+    module = types.ModuleType("farm_training_script")
+    module.__file__ = script
+    try:
+        code = compile(source, script, "exec")
+        exec(code, module.__dict__)
+    except BaseException:
+        raise TrainingFailed(traceback.format_exc(limit=-8)) from None
+    entry = getattr(module, ENTRY, None)
+    if not callable(entry):
+        raise TrainingFailed(
+            f"{script} defines no {ENTRY}(config): Ray Train runs that function on every worker"
+        )
+    return entry
+
+
+def _plain(value: Any) -> Any:
+    """A metric value as JSON can carry it (tensors and numpy scalars become floats)."""
+    if hasattr(value, "item"):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return value if isinstance(value, (int, float, str, bool)) or value is None else str(value)
+
+
+class Metrics(UserCallback):
+    """Passes rank 0's reported metrics to the farm's progress channel as they arrive."""
+
+    def __init__(self, channel: Any, key: str) -> None:
+        self.channel = channel
+        self.key = key
+
+    def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any):
+        row = {k: _plain(v) for k, v in (metrics[0] if metrics else {}).items()}
+        row["time"] = time.time()
+        row["checkpoint"] = checkpoint is not None
+        self.channel.metric.remote(self.key, row)
+
+
+def run(spec: dict[str, Any], storage: str, name: str, channel: Any, key: str) -> dict[str, Any]:
+    """Run the training script of ``spec`` (a :class:`pipelines.train.TrainSpec` as JSON) to its
+    end; returns the last metrics and the latest checkpoint's path."""
+    entry = load(spec["script"], spec["source"])
+    gpus = float(spec["gpus_per_worker"])
+    per_worker = {"CPU": float(spec["cpus_per_worker"])}
+    if gpus:
+        per_worker["GPU"] = gpus
+    trainer = TorchTrainer(
+        entry,
+        train_loop_config=dict(spec["config"]),
+        scaling_config=ScalingConfig(
+            num_workers=int(spec["workers"]), use_gpu=gpus > 0, resources_per_worker=per_worker
+        ),
+        run_config=RunConfig(
+            name=name,
+            storage_path=storage,
+            failure_config=FailureConfig(max_failures=int(spec["max_failures"])),
+            checkpoint_config=CheckpointConfig(num_to_keep=2),
+            callbacks=[Metrics(channel, key)],
+        ),
+    )
+    try:
+        result = trainer.fit()
+    except Exception as error:  # Ray Train's TrainingFailedError carries the workers' tracebacks
+        raise TrainingFailed(_story(error)) from None
+    checkpoint = result.checkpoint.path if result.checkpoint is not None else None
+    metrics = {k: _plain(v) for k, v in (result.metrics or {}).items()}
+    return {"metrics": metrics, "checkpoint": checkpoint}
+
+
+def _story(error: BaseException) -> str:
+    """The most telling text of a failed run: the workers' own tracebacks where Ray kept them."""
+    text = str(error).strip()
+    return text or "".join(traceback.format_exception(error)).strip()
