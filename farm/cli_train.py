@@ -3,7 +3,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +77,20 @@ def _submit(script: Path, kwargs: dict[str, Any]) -> int:
     return remote("farm submit train").client.post("/jobs/train", body)["id"]
 
 
+@contextlib.contextmanager
+def _stdout_to_stderr() -> Iterator[None]:
+    """Send what anything in this process writes to stdout (file descriptor 1) to stderr."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
 def _summary(job: int, info: dict[str, Any], rows: list[dict[str, Any]]) -> dict[str, Any]:
     return {"id": job, "state": info["state"], "message": info["message"], "metrics": rows}
 
@@ -112,12 +130,13 @@ def train(script: Path | None, resume: int | None, as_json: bool, **kwargs: Any)
         from farm.training import train_here
 
         spec = _spec(script, kwargs) if script is not None else None
-        summary = train_here(
-            spec,
-            resume,
-            lambda row: console.print(describe(row), highlight=False),
-            kwargs["priority"],
-        )
+        with _stdout_to_stderr():  # Ray's own notices (a worker died…) must not break --json
+            summary = train_here(
+                spec,
+                resume,
+                lambda row: console.print(describe(row), highlight=False),
+                kwargs["priority"],
+            )
         console.print(f"job {summary['id']}: {summary['state']}", highlight=False)
     if as_json:
         click.echo(json.dumps(summary, indent=2))

@@ -15,6 +15,7 @@ import traceback
 import types
 from typing import Any
 
+import ray
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 from ray.train.v2.api.callback import UserCallback
@@ -98,7 +99,8 @@ def run(spec: dict[str, Any], storage: str, name: str, channel: Any, key: str) -
         raise TrainingFailed(_story(error)) from None
     checkpoint = result.checkpoint.path if result.checkpoint is not None else None
     metrics = {k: _plain(v) for k, v in (result.metrics or {}).items()}
-    return {"metrics": metrics, "checkpoint": checkpoint}
+    node = ray.get_runtime_context().get_node_id()
+    return {"metrics": metrics, "checkpoint": checkpoint, "node": node}
 
 
 def _story(error: BaseException) -> str:

@@ -1,0 +1,195 @@
+"""Training runs on Ray Train, for real: the digits example data-parallel on two CPU workers, a
+worker killed with SIGKILL mid-run, and scripts that cannot run, each through the ``farm`` CLI or a
+real farm server."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from tests.conftest import ROOT, FarmServer
+
+DIGITS = ROOT / "examples" / "train_digits.py"
+STEPS_PER_EPOCH = 24  # 1,500 digits in two shards of 750, batches of 32
+
+
+def farm(args: list[str], home: Path, **extra: str) -> subprocess.Popen[str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("FARM_URL", "RAY_ADDRESS")}
+    env.update(FARM_HOME=str(home), XDG_CONFIG_HOME=str(home / "config"), **extra)
+    return subprocess.Popen(
+        [sys.executable, "-m", "farm", *args],
+        env=env,
+        cwd=home,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+
+
+def finish(process: subprocess.Popen[str], timeout: float = 240) -> tuple[int, str, str]:
+    try:
+        out, err = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        out, err = process.communicate()
+        raise AssertionError(f"farm train did not finish in {timeout} s:\n{err[-3000:]}") from None
+    return process.returncode, out, err
+
+
+def test_two_workers_train_the_digits_and_the_loss_goes_down(tmp_path):
+    args = ["train", str(DIGITS), "--workers", "2", "--config", "epochs=4", "--json"]
+    code, out, err = finish(farm(args, tmp_path))
+    assert code == 0, err[-3000:]
+    summary = json.loads(out)
+    assert summary["state"] == "done" and isinstance(summary["id"], int), summary
+    rows = summary["metrics"]
+    assert [r["epoch"] for r in rows] == [0, 1, 2, 3]
+    assert [r["step"] for r in rows] == [STEPS_PER_EPOCH * (e + 1) for e in range(4)]
+    losses = [r["loss"] for r in rows]
+    assert losses[-1] < losses[0] / 3, losses
+    assert rows[-1]["accuracy"] > 0.85, rows[-1]
+    assert "epoch 3" in err  # shown live as the run reported
+    storage = Path(summary["storage"])
+    assert list((storage / "tensorboard").glob("events.out.tfevents.*"))
+    assert Path(summary["checkpoint"], "state.pt").is_file()
+
+    code, out, _ = finish(
+        farm(["metrics", str(summary["id"]), "--json", "--plot", "c.png"], tmp_path)
+    )
+    assert code == 0 and json.loads(out) == rows
+    assert (tmp_path / "c.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def _train_workers() -> list[psutil.Process]:
+    """Ray Train's worker processes (Ray titles each after its actor class)."""
+    found = []
+    for process in psutil.process_iter(["cmdline"]):
+        cmdline = " ".join(process.info["cmdline"] or [])
+        if "RayTrainWorker" in cmdline:
+            found.append(process)
+    return found
+
+
+def test_a_worker_killed_mid_run_resumes_from_its_checkpoint_and_the_steps_go_on(tmp_path):
+    epochs = 6
+    args = ["train", str(DIGITS), "--workers", "2", "--config", f"epochs={epochs}"]
+    args += ["--config", "seconds_per_epoch=2", "--json"]
+    run = farm(args, tmp_path)
+    deadline = time.monotonic() + 180
+    while True:  # until two epochs are reported (and checkpointed)
+        assert run.poll() is None, run.communicate()[1][-3000:]
+        done = subprocess.run(
+            [sys.executable, "-m", "farm", "metrics", "1", "--json"],
+            env={**os.environ, "FARM_HOME": str(tmp_path), "XDG_CONFIG_HOME": str(tmp_path)},
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+        )
+        if done.returncode == 0 and len(json.loads(done.stdout)) >= 2:
+            break
+        assert time.monotonic() < deadline, done.stderr
+        time.sleep(0.5)
+    workers = _train_workers()
+    assert workers, "no Ray Train worker process found"
+    workers[0].kill()  # SIGKILL one of the two workers
+
+    code, out, err = finish(run)
+    assert code == 0, err[-3000:]
+    rows = json.loads(out)["metrics"]
+    # Every epoch reported once, none again from zero: the run went on from its checkpoint.
+    assert [r["epoch"] for r in rows] == list(range(epochs)), rows
+    assert [r["step"] for r in rows] == [STEPS_PER_EPOCH * (e + 1) for e in range(epochs)]
+    assert not workers[0].is_running()
+
+
+BAD_SCRIPTS = {
+    "syntax": ("def train_loop_per_worker(config)\n    pass\n", "SyntaxError"),
+    "no_entry": ("def train(config):\n    pass\n", "defines no train_loop_per_worker(config)"),
+    "raises": (
+        "import ray.train\n\n"
+        "def train_loop_per_worker(config):\n"
+        "    for epoch in range(5):\n"
+        "        if epoch == 2:\n"
+        "            raise ValueError('the data ran out in epoch 2')\n"
+        "        ray.train.report({'epoch': epoch, 'loss': 1.0 / (epoch + 1)})\n",
+        "ValueError: the data ran out in epoch 2",
+    ),
+}
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    farm_server = FarmServer(tmp_path_factory.mktemp("train") / "data").start()
+    yield farm_server
+    farm_server.stop()
+
+
+def test_scripts_that_cannot_run_fail_with_their_traceback_and_the_farm_keeps_serving(
+    server, tmp_path
+):
+    api = server.client()
+    jobs = {}
+    for name, (source, _) in BAD_SCRIPTS.items():
+        body = {"script": f"{name}.py", "source": source, "max_failures": 0}
+        response = api.post("/jobs/train", json=body)
+        assert response.status_code == 201, response.text
+        jobs[name] = response.json()["id"]
+    for name, job in jobs.items():
+        deadline = time.monotonic() + 120
+        while (info := api.get(f"/jobs/{job}").json())["state"] not in ("done", "failed"):
+            assert time.monotonic() < deadline, info
+            time.sleep(0.3)
+        assert info["state"] == "failed", (name, info)
+        assert info["message"] == "1 of 1 tasks failed", info
+        [attempt] = api.get(f"/jobs/{job}/logs").json()
+        expected = BAD_SCRIPTS[name][1]
+        assert attempt["status"] == "failed" and expected in attempt["log"], (name, attempt)
+        if name != "no_entry":
+            assert "Traceback" in attempt["log"] and f"{name}.py" in attempt["log"], attempt
+    # The raising script reported its first two epochs before it failed.
+    assert [r["epoch"] for r in api.get(f"/jobs/{jobs['raises']}/metrics").json()] == [0, 1]
+    # And the farm goes on serving.
+    probe = api.post("/jobs/probe", json={"tasks": 2}).json()["id"]
+    deadline = time.monotonic() + 60
+    while api.get(f"/jobs/{probe}").json()["state"] != "done":
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+
+
+def test_a_runs_charge_is_its_workers_times_what_each_holds_times_its_wall_time(server):
+    admin = server.client()
+    assert admin.post("/admin/users", json={"name": "ml"}).status_code == 201
+    enrolment = {"programme": "work40", "cohort": "w1", "from": "2026-01-01", "until": "2099-01-01"}
+    assert admin.post("/admin/enrolments", json={"user": "ml", **enrolment}).status_code == 200
+    api = server.client(admin.post("/admin/tokens", json={"user": "ml"}).json()["token"])
+    body = {
+        "script": "train_digits.py",
+        "source": DIGITS.read_text(),
+        "workers": 2,
+        "cpus_per_worker": 1,
+        "config": {"epochs": 2},
+    }
+    job = api.post("/jobs/train", json=body).json()["id"]
+    deadline = time.monotonic() + 180
+    while (info := api.get(f"/jobs/{job}").json())["state"] not in ("done", "failed"):
+        assert time.monotonic() < deadline, info
+        time.sleep(0.5)
+    assert info["state"] == "done", api.get(f"/jobs/{job}/logs").json()
+    [attempt] = api.get(f"/jobs/{job}/logs").json()
+    assert attempt["resources"] == {"CPU": 2.0}, attempt
+    usage = {r["user"]: r for r in admin.get("/admin/usage").json()}["ml"]
+    assert usage["gpu_hours"] == 0 and usage["attempts"] == 1, usage
+    # The ledger's row: CPU-seconds = 2 workers × 1 CPU × the attempt's wall time.
+    started = time.mktime(time.strptime(attempt["started_at"][:19], "%Y-%m-%dT%H:%M:%S"))
+    ended = time.mktime(time.strptime(attempt["ended_at"][:19], "%Y-%m-%dT%H:%M:%S"))
+    charged = usage["cpu_hours"] * 3600
+    assert abs(charged - 2 * (ended - started)) <= 2 * 2.0, (charged, started, ended)
