@@ -71,6 +71,7 @@ class ActiveJob:
         self.cancel_keys: set[str] = set()  # running tasks cancelled one by one
         self.reason = ""  # why the job ended, when it did not end done
         self.reported = 0  # metric rows a training run reported so far
+        self.overtime: dict[str, str] = {}  # tasks the farm stopped at their time limit, and why
 
     @property
     def state(self) -> State:

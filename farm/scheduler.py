@@ -56,6 +56,7 @@ REFRESH = 2.0  # seconds between reads of the cluster's resources
 RETRIED = "retried"  # the message of a task queued again by hand: its earlier failures are spent
 SLOT_START_FAILURES = 3  # slots of a job that fail to start in a row before its tasks fail
 ORDER_EVERY = 1.0  # seconds between re-orderings by fair share (and reviews of accounts)
+STOP_GRACE = 30.0  # seconds a cancelled task may take to stop before its process is killed
 ACCOUNTS_EVERY = 15.0  # seconds between reads of every account from the store
 
 log = logging.getLogger(__name__)
@@ -149,6 +150,8 @@ class Scheduler:
         self._progress: Any = None
         self._drained = 0.0
         self._swept = 0.0
+        self._swept_limits = 0.0
+        self._stopping: dict[Any, float] = {}  # tasks asked to stop, and when
         self._commands: queue.Queue[tuple[Callable[..., Any], tuple[Any, ...], Future[Any]]] = (
             queue.Queue()
         )
@@ -395,6 +398,7 @@ class Scheduler:
                 job.finish_writes(self)
         self._finish_jobs()
         self._sweep_idle_slots()
+        self._enforce_time_limits()
 
     def _run_commands(self) -> None:
         while True:
@@ -632,7 +636,11 @@ class Scheduler:
                 node = slot.node if slot else ""
                 self._failure(job, task, one_line(error), node, endings, then)
             except TaskCancelledError:
-                endings.append(Ending(task, State.CANCELLED, attempt_status="cancelled"))
+                if task.key in job.overtime:  # stopped by the farm at its time limit
+                    node = slot.node if slot else ""
+                    self._failure(job, task, job.overtime[task.key], node, endings, then)
+                else:
+                    endings.append(Ending(task, State.CANCELLED, attempt_status="cancelled"))
             except RayTaskError as error:
                 began = max(began, job.began(error))
                 node = slot.node if slot else getattr(error.cause, "node", "")
@@ -849,7 +857,7 @@ class Scheduler:
             if start.job is not job or (keys is not None and start.task.key not in keys):
                 continue
             if start.slot is None:
-                ray.cancel(ref)
+                self._cancel(ref)
                 continue
             on_slot = [f.seq for f in self.flights.values() if f.start.slot is start.slot]
             if flight.seq == min(on_slot):
@@ -940,6 +948,35 @@ class Scheduler:
                 entry["running"] += min(slot.load, 1)
                 entry["slots"].append(Path(slot.profile.scene).name)
         return work
+
+    def _enforce_time_limits(self) -> None:
+        """Stop training runs that ran past their ``--max-hours``: they fail saying so."""
+        if self._swept_limits > time.monotonic() - 1.0:
+            return
+        self._swept_limits = time.monotonic()
+        now = time.time()
+        for ref, flight in list(self.flights.items()):
+            job, task = flight.start.job, flight.start.task
+            limit = job.size[2] if isinstance(job, TrainJob) else None
+            if limit is None or now - flight.sent <= limit or task.key in job.overtime:
+                continue
+            hours = limit / 3600
+            job.overtime[task.key] = f"the run went past its --max-hours {hours:g} and was stopped"
+            self._cancel(ref)
+        for ref, asked in list(self._stopping.items()):  # what would not stop when asked
+            if ref not in self.flights:
+                del self._stopping[ref]
+            elif now - asked > STOP_GRACE:
+                ray.cancel(ref, force=True)
+                del self._stopping[ref]
+
+    def _cancel(self, ref: Any) -> None:
+        """Stop a task that runs outside a slot. A training launcher is interrupted (Ray Train
+        then aborts its run gracefully: its workers stop and their placement group is freed, which
+        a killed controller would leave behind when the cluster has no dashboard); a task that
+        does not stop within STOP_GRACE seconds is killed with its process."""
+        ray.cancel(ref)
+        self._stopping[ref] = time.time()
 
     def _sweep_idle_slots(self) -> None:
         """End slots idle for ``idle_seconds`` that no job with work wants."""
