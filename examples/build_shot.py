@@ -82,6 +82,14 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--resolution", type=_resolution, default=(320, 180))
     parser.add_argument("--samples", type=_positive_int, default=16)
     parser.add_argument("--frames", type=_positive_int, default=24)
+    parser.add_argument(
+        "--transparent", action="store_true", help="no sky: alpha 0 where the world shows"
+    )
+    parser.add_argument(
+        "--multilayer",
+        action="store_true",
+        help="multilayer EXR with diffuse and glossy colour passes (AOVs for comps)",
+    )
     args = parser.parse_args(list(argv))
     if os.path.isdir(args.out):
         parser.error(f"OUT.blend is a directory: {args.out}")
@@ -430,14 +438,16 @@ def set_cycles(scene: Any, samples: int) -> None:
             setattr(cycles, name, value)
 
 
-def set_output(scene: Any, resolution: tuple[int, int], frames: int) -> None:
-    """Set resolution, frame range and 32-bit RGBA EXR output."""
+def set_output(
+    scene: Any, resolution: tuple[int, int], frames: int, transparent: bool, multilayer: bool
+) -> None:
+    """Set resolution, frame range and 32-bit RGBA EXR output (multilayer with two AOVs)."""
     render = scene.render
     render.resolution_x, render.resolution_y = resolution
     render.resolution_percentage = 100
     render.fps = 24
     render.fps_base = 1.0
-    render.film_transparent = False
+    render.film_transparent = transparent
     render.use_motion_blur = False
     render.filepath = "//render/shot_####"
     scene.frame_start = 1
@@ -446,7 +456,11 @@ def set_output(scene: Any, resolution: tuple[int, int], frames: int) -> None:
     image = render.image_settings
     if hasattr(image, "media_type"):  # Blender 5.0 split images from video.
         image.media_type = "IMAGE"
-    image.file_format = "OPEN_EXR"
+    image.file_format = "OPEN_EXR_MULTILAYER" if multilayer else "OPEN_EXR"
+    if multilayer:
+        layer = scene.view_layers[0]
+        layer.use_pass_diffuse_color = True
+        layer.use_pass_glossy_color = True
     image.color_depth = "32"
     image.exr_codec = "ZIP"
     image.color_mode = "RGBA"
@@ -476,7 +490,7 @@ def build(args: argparse.Namespace) -> None:
     add_camera(scene, target, args.frames)
     add_lights(scene, target, args.frames)
     set_cycles(scene, args.samples)
-    set_output(scene, args.resolution, args.frames)
+    set_output(scene, args.resolution, args.frames, args.transparent, args.multilayer)
     save(os.path.abspath(args.out))
 
 

@@ -87,6 +87,11 @@ class ActiveJob:
         return self._order_key
 
     @property
+    def has_plan(self) -> bool:
+        """Whether the job knows its tasks (a render or comp plans against its files first)."""
+        return True
+
+    @property
     def needs(self) -> dict[str, float]:
         """What one of the job's tasks holds while it runs: a node without it cannot run them."""
         raise NotImplementedError

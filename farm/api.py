@@ -28,7 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
-from farm import __version__, accounts, auth, submit
+from farm import __version__, accounts, auth, comp_job, submit
 from farm.access import (
     Caller,
     Forbidden,
@@ -132,6 +132,17 @@ class TrainSubmission(Submission):
     )
     max_failures: int = Field(2, ge=0, le=100)
     lab: Lab | None = None
+
+
+class CompSubmission(Submission):
+    """``farm comp``: the spec file's tables as JSON; paths as the server sees them, relative
+    ones in the caller's own folder."""
+
+    spec: dict[Annotated[str, Field(max_length=64)], Any] = Field(
+        max_length=16, description="The comp spec: inputs, ops, output, review (see the README)."
+    )
+    lab: Lab | None = None
+    name: Annotated[str, Field(max_length=256)] | None = None
 
 
 class Scene(BaseModel):
@@ -372,6 +383,22 @@ def create_app(engine: Engine, scheduler: Scheduler, data: Path) -> FastAPI:
             enrolment = (standing.programme, standing.cohort)
             job_id = submit.train_job(
                 db, spec, me.name, body.priority, body.after, enrolment, body.lab
+            )
+        scheduler.notify(job_id)
+        return Accepted(id=job_id, state="queued")
+
+    @app.post(f"{PREFIX}/jobs/comp", status_code=201, responses=_refusals(400, 403, 422))
+    def submit_comp(body: CompSubmission, db: Db, me: Me) -> Accepted:
+        root = output_root(accounts.standing_of(db, me.name), data)
+        spec = comp_job.prepare(
+            db, body.spec, lambda path, what: str(confine(path, root, what, me.admin)), body.after
+        )
+        cluster.check(comp_job.CPUS, 0, body.lab)
+        with admission:
+            standing = admitted(db, me, Ask(body.priority, body.lab, 0.0, None, 1))
+            enrolment = (standing.programme, standing.cohort)
+            job_id = submit.comp_job(
+                db, spec, me.name, body.priority, body.after, enrolment, body.lab, body.name
             )
         scheduler.notify(job_id)
         return Accepted(id=job_id, state="queued")

@@ -16,6 +16,8 @@ from rich.table import Table
 
 from farm import __version__
 from farm.cli_admin import COMMANDS as ADMIN_COMMANDS
+from farm.cli_comp import COMMANDS as COMP_COMMANDS
+from farm.cli_comp import check_spec, finish, run_comp, submit_comp
 from farm.cli_lab import COMMANDS, FINISHED, POLL, submit_render, watch_job
 from farm.cli_options import render_options
 from farm.cli_train import COMMANDS as TRAIN_COMMANDS
@@ -32,14 +34,18 @@ EXAMPLE_BUILDER = Path(__file__).resolve().parent.parent / "examples" / "build_s
 
 
 def _render(scene: str, kwargs: dict[str, Any]) -> None:
+    comp = check_spec(kwargs.pop("comp", None))
+    as_json = kwargs.pop("as_json")
     if server_url():  # lab mode: the server renders; follow it here as if it ran here
-        as_json = kwargs.pop("as_json")
         job = submit_render({"scene": scene, **kwargs, "after": ()})
-        info = watch_job(RemoteFarm(server_url() or ""), job, as_json)
+        comp_job = submit_comp(comp, [job], 50, None) if comp is not None else None
+        info = watch_job(RemoteFarm(server_url() or ""), job, as_json and comp is None)
         if info["state"] != "done":
             raise RenderFailed(f"job {job} is {info['state']}")
+        if comp_job is not None:
+            done = watch_job(RemoteFarm(server_url() or ""), comp_job, False)
+            finish({"render": info, "comp": done} if as_json else done, as_json)
         return
-    as_json = kwargs.pop("as_json")
     if kwargs.pop("upload"):
         raise FarmError("--upload sends the scene to a farm server, and none is configured")
     slots, threads = kwargs.pop("slots"), kwargs.pop("threads")
@@ -58,7 +64,13 @@ def _render(scene: str, kwargs: dict[str, Any]) -> None:
     with display:
         summary = embedded.render(spec, options, display, store)
     display.summary(summary)
-    _finish(summary, as_json)
+    if comp is None or not summary.ok:
+        _finish(summary, as_json)
+        return
+    composited = run_comp(comp, [summary.job], 50) if summary.job else {}
+    if as_json:
+        click.echo(json.dumps({"render": summary.as_json(), "comp": composited}, indent=2))
+    finish(composited, False)
 
 
 def _finish(summary: embedded.RunSummary, as_json: bool) -> None:
@@ -82,6 +94,11 @@ def cli() -> None:
 @cli.command()
 @click.argument("scene")
 @render_options
+@click.option(
+    "--comp",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Then composite the frames with this comp spec (TOML; inputs with after = true).",
+)
 def render(scene: str, **kwargs: Any) -> None:
     """Render SCENE (a .blend) and return when every frame is written.
 
@@ -89,6 +106,7 @@ def render(scene: str, **kwargs: Any) -> None:
     Examples:
       farm render shot.blend --frames 1-24 --tiles 2x2 --overscan 16 -o renders/shot_####.exr
       farm render still.blend --frames 1 --tiles 4x4 -o still.png
+      farm render shot.blend -o renders/shot_####.exr --comp comp.toml   # then comp and review
     """
     _render(scene, kwargs)
 
@@ -253,7 +271,7 @@ def _print_output(attempt: dict[str, Any], text: str, as_json: bool) -> None:
     click.echo("\n".join(prefix + line for line in text.splitlines()))
 
 
-for command in [*COMMANDS, *ADMIN_COMMANDS, *TRAIN_COMMANDS]:
+for command in [*COMMANDS, *ADMIN_COMMANDS, *TRAIN_COMMANDS, *COMP_COMMANDS]:
     cli.add_command(command)
 
 

@@ -21,7 +21,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from farm import states, submit
-from farm.active_job import Event
+from farm.active_job import ActiveJob, Event
 from farm.errors import FarmError
 from farm.render_job import RenderJob
 from farm.scheduler import Scheduler, ensure_ray
@@ -143,6 +143,23 @@ def abandon(db: Session, job: Job, reason: str, interrupted: bool = False) -> No
 _ACTIVE = (State.QUEUED, State.RUNNING)
 
 
+def run_here(scheduler: Scheduler, job_id: int) -> ActiveJob:
+    """Run the scheduler's loop in this process until ``job_id`` ends. Ctrl-C or an error ends the
+    job (cancelled or failed) with nothing left running, and no waiting on busy slots."""
+    try:
+        job = scheduler.run_until_finished(job_id)
+    except BaseException as error:
+        scheduler.close(graceful=False)
+        row = scheduler.db.get(Job, job_id)
+        if row is not None:
+            interrupted = isinstance(error, KeyboardInterrupt)
+            reason = "interrupted" if interrupted else str(error) or type(error).__name__
+            abandon(scheduler.db, row, reason, interrupted)
+        raise
+    scheduler.close()
+    return job
+
+
 def render(
     spec: RenderSpec,
     options: RunOptions,
@@ -178,21 +195,7 @@ def render(
             on_event(event)
 
     scheduler.listeners.append(listen)
-    try:
-        job = scheduler.run_until_finished(job_id)
-    except BaseException as error:
-        scheduler.close(graceful=False)  # Ctrl-C or an error: no waiting on busy slots
-        row = scheduler.db.get(Job, job_id)
-        if row is not None:
-            reason = "interrupted" if isinstance(error, KeyboardInterrupt) else str(error)
-            abandon(
-                scheduler.db,
-                row,
-                reason or type(error).__name__,
-                isinstance(error, KeyboardInterrupt),
-            )
-        raise
-    scheduler.close()
+    job = run_here(scheduler, job_id)
     assert isinstance(job, RenderJob)
     if job.plan is None:  # refused once Blender had the scene: bad input, not a failed render
         raise FarmError(job.reason)

@@ -68,7 +68,36 @@ def job_status(db: Session, job_id: int) -> dict[str, Any]:
         .order_by(Event.id.desc())
         .limit(1)
     )
-    return status(job, task_counts(db, [job_id])[job_id], message or "")
+    info = status(job, task_counts(db, [job_id])[job_id], message or "")
+    if job.kind == "comp":
+        info["outputs"] = comp_outputs(db, job_id)
+    return info
+
+
+def comp_outputs(db: Session, job_id: int) -> dict[str, Any]:
+    """What a comp job wrote: its EXR frames and previews in frame order, its contact sheet and
+    movie (the latest write of each)."""
+    rows = db.execute(
+        select(Event.kind, Event.frame, Event.message)
+        .where(Event.job_id == job_id, Event.kind.in_(("written", "output")))
+        .order_by(Event.id)
+    )
+    frames: dict[int, str] = {}
+    previews: dict[int, str] = {}
+    review: dict[str, str] = {}
+    for kind, frame, path in rows:
+        if kind == "written":
+            frames[frame] = path
+        elif frame is not None:
+            previews[frame] = path
+        else:
+            review["movie" if path.endswith(".mp4") else "contact_sheet"] = path
+    return {
+        "frames": [frames[f] for f in sorted(frames)],
+        "previews": [previews[f] for f in sorted(previews)],
+        "contact_sheet": review.get("contact_sheet"),
+        "movie": review.get("movie"),
+    }
 
 
 def job_logs(db: Session, job_id: int, task_key: str | None = None) -> list[dict[str, Any]]:

@@ -76,6 +76,10 @@ class RenderJob(ActiveJob):
         )
 
     @property
+    def has_plan(self) -> bool:
+        return self.plan is not None
+
+    @property
     def needs(self) -> dict[str, float]:
         return self.profile.resources
 

@@ -34,6 +34,7 @@ from sqlalchemy.engine import Engine
 
 from farm import fairshare, ledger, states
 from farm.active_job import BLOCK_AFTER, ActiveJob, Event, Start
+from farm.comp_job import CompJob
 from farm.config import farm_home
 from farm.errors import FarmError
 from farm.fairshare import FairShare
@@ -322,6 +323,8 @@ class Scheduler:
     def _activate(self, row: Job, tasks: list[TaskRef]) -> ActiveJob:
         if row.kind == "probe":
             return ProbeJob(row, tasks)
+        if row.kind == "comp":
+            return CompJob(row, tasks)
         if row.kind == "train":
             return TrainJob(row, tasks, self.storage)
         if row.kind == "render":
@@ -421,7 +424,11 @@ class Scheduler:
         try:
             job.planned(self, info)
         except FarmError as error:
-            self._end_job(job, State.FAILED, str(error))
+            self.refuse(job, str(error))
+
+    def refuse(self, job: ActiveJob, reason: str) -> None:
+        """A job its inputs refuse at planning fails before any of its tasks runs."""
+        self._end_job(job, State.FAILED, reason)
 
     def grow(self, job: ActiveJob, profile: SlotProfile) -> Slot | None:
         """Start another slot of ``profile`` for ``job`` if the cluster has room, making room by
@@ -784,7 +791,7 @@ class Scheduler:
             if job.state is State.CANCELLED:
                 self._leave(job)
             elif (
-                (job.dispatchable or job.state is State.HELD) and not job.queued and _planned(job)
+                (job.dispatchable or job.state is State.HELD) and not job.queued and job.has_plan
             ):  # a job held while its last tasks ran ends when they have
                 self._end_job(job, *job.outcome())
 
@@ -1016,10 +1023,6 @@ def _drop(job: ActiveJob, tasks: list[TaskRef]) -> None:
     gone = {t.id for t in tasks}
     if gone:
         job.queued = collections.deque(t for t in job.queued if t.id not in gone)
-
-
-def _planned(job: ActiveJob) -> bool:
-    return not isinstance(job, RenderJob) or job.plan is not None
 
 
 def _bind(function: Callable[..., None], *args: Any) -> Callable[[], None]:

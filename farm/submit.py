@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import insert, select
@@ -11,6 +12,7 @@ from farm.errors import FarmError
 from farm.states import State
 from farm.store import Job, Task
 from pipelines import probe
+from pipelines.comp import CompSpec
 from pipelines.probe import ProbeSpec
 from pipelines.render import RenderSpec
 from pipelines.train import TrainSpec
@@ -152,5 +154,31 @@ def train_job(
         seconds,
     )
     db.add(Task(job_id=job.id, key="run", state=State.QUEUED.value, attempts=0, payload={}))
+    db.commit()
+    return job.id
+
+
+def comp_job(
+    db: Session,
+    spec: CompSpec,
+    owner: str,
+    priority: int = 50,
+    after: list[int] | None = None,
+    enrolment: tuple[str, str] = ("", ""),
+    lab: str | None = None,
+    name: str | None = None,
+) -> int:
+    """A comp job; its frame tasks are added when it is planned against its files."""
+    job = _job(
+        db,
+        "comp",
+        name or f"comp {Path(spec.output).name}",
+        owner,
+        {**spec.as_json(), "lab": lab},
+        priority,
+        after or [],
+        enrolment,
+        0.0,
+    )
     db.commit()
     return job.id

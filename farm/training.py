@@ -11,7 +11,7 @@ from typing import Any
 from farm import submit
 from farm.active_job import Event
 from farm.config import farm_home
-from farm.embedded import abandon, end_orphans
+from farm.embedded import end_orphans, run_here
 from farm.errors import FarmError
 from farm.jobs import job_metrics
 from farm.scheduler import Scheduler, ensure_ray
@@ -52,16 +52,7 @@ def train_here(
             on_metric(json.loads(event.message))
 
     scheduler.listeners.append(listen)
-    try:
-        job = scheduler.run_until_finished(job_id)
-    except BaseException as error:
-        scheduler.close(graceful=False)
-        row = scheduler.db.get(Job, job_id)
-        if row is not None:
-            reason = "interrupted" if isinstance(error, KeyboardInterrupt) else str(error)
-            abandon(scheduler.db, row, reason, isinstance(error, KeyboardInterrupt))
-        raise
-    scheduler.close()
+    job = run_here(scheduler, job_id)
     assert isinstance(job, TrainJob)
     return {
         "id": job_id,
