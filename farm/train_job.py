@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -13,7 +14,7 @@ import ray
 from farm.active_job import ActiveJob, Start
 from farm.errors import FarmError
 from farm.slots import lab_resource
-from farm.states import TaskRef
+from farm.states import State, TaskRef
 from farm.store import Job
 from pipelines.train import TrainSpec
 
@@ -53,6 +54,7 @@ class TrainJob(ActiveJob):
         self.result: dict[str, Any] | None = None
         _launcher()  # a farm that cannot train fails the job now, saying why
         self._writer: Any = None
+        self.failure = ""  # the telling line of the run's last failure
 
     @property
     def needs(self) -> dict[str, float]:
@@ -93,6 +95,15 @@ class TrainJob(ActiveJob):
     def succeeded(self, scheduler: Scheduler, task: TaskRef, result: Any) -> None:
         self.result = result
 
+    def failed_for_good(self, scheduler: Scheduler, task: TaskRef, reason: str) -> None:
+        self.failure = telling_line(reason)
+
+    def outcome(self) -> tuple[State, str]:
+        """A failed run says why in its status: the script's own error, not a task count."""
+        if self.failure and any(t.state is State.FAILED for t in self.tasks.values()):
+            return State.FAILED, f"the run failed: {self.failure}"
+        return super().outcome()
+
     def metric(self, row: dict[str, Any], index: int) -> None:
         """Write a reported row to the run's TensorBoard files (its numbers, by step)."""
         if self._writer is None:
@@ -110,6 +121,16 @@ class TrainJob(ActiveJob):
         if self._writer is not None:
             self._writer.close()
             self._writer = None
+
+
+def telling_line(text: str) -> str:
+    """The line of a traceback a trainee needs first: the last exception's (``ValueError: …``)."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    errors = [line for line in lines if _EXCEPTION.match(line)]
+    return (errors or lines or [""])[-1][:300]
+
+
+_EXCEPTION = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Interrupt|Exit)\b")
 
 
 def metrics_json(row: dict[str, Any]) -> str:
