@@ -30,6 +30,9 @@ bench: setup
 	$(BIN)/python benchmarks/render_shot.py
 	$(BIN)/python benchmarks/scheduler.py
 	$(BIN)/python benchmarks/accounts.py
+	$(BIN)/python benchmarks/train.py
+	$(BIN)/python benchmarks/preview.py
+	$(BIN)/python benchmarks/comp.py
 
 clean:
 	rm -rf $(VENV) .farm renders

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -24,6 +26,7 @@ from farm.cli_train import COMMANDS as TRAIN_COMMANDS
 from farm.client import server_url
 from farm.config import SlotLayout, farm_home, find_blender
 from farm.errors import FarmError, RenderFailed
+from farm.frames import OutputPattern
 from farm.views import Farm, RemoteFarm, connect
 from pipelines.render import RenderRequest, validate
 
@@ -54,6 +57,8 @@ def _render(scene: str, kwargs: dict[str, Any]) -> None:
         raise FarmError(f"--stall-timeout must be more than 0 seconds, got {stall_timeout:g}")
     kwargs["format"] = kwargs.pop("fmt")
     spec = validate(RenderRequest(scene=scene, **kwargs))
+    # Stored absolute: a comp run later from another folder finds the frames (--after).
+    spec = replace(spec, output=OutputPattern(os.path.abspath(spec.output.pattern)))
     layout = SlotLayout.resolve(slots, threads)
     from farm import embedded  # Ray and the scheduler load only where a render runs here
     from farm.display import JobDisplay

@@ -92,8 +92,8 @@ def comp(spec_file: Path, after: tuple[int, ...], priority: int, as_json: bool) 
 
     \b
     Examples:
-      farm comp examples/comp_demo.toml
-      farm comp shot_comp.toml --after 12      # once render job 12 is done
+      farm comp examples/comp_shot.toml --after 12   # once render job 12 is done
+      farm comp plates_over_stills.toml               # inputs all on disk already
     With a farm server configured, the comp is submitted there and followed here.
     """
     finish(run_comp(read_spec(spec_file), list(after), priority), as_json)

@@ -32,9 +32,10 @@ if TYPE_CHECKING:
     from farm.scheduler import Scheduler
 
 CPUS = 1.0  # a comp frame is numpy and OpenImageIO on one core
-# Baking a preview costs about 5 s of OCIO (10 million evaluations); OCIO's own processor costs
-# about 0.5 µs a pixel: below this many pixels in a job, the bake does not pay for itself.
-BAKE_PAYS = 20_000_000
+# Baking a preview costs about 3 s of OCIO on two cores (10 million evaluations); OCIO's own
+# processor costs about 0.4 µs a pixel, so the bake pays for itself after about four 1080p frames
+# (benchmarks/comp.py). Below this many pixels in a job, frames use OCIO's processor directly.
+BAKE_PAYS = 10_000_000
 KEEP_BAKES = 8  # baked previews kept by transform: the next comp with the same view bakes none
 _BAKES: dict[tuple[str, str, str | None, str | None], Any] = {}
 _frame = ray.remote(frame_task)

@@ -248,8 +248,7 @@ def parse(data: dict[str, Any]) -> CompSpec:
         raise FarmError(f"retries must be between 0 and 100, got {retries}")
 
     inputs = _inputs(top.get("inputs"), config)
-    names = {i.name for i in inputs}
-    ops = _ops(top.get("ops", []), names, config)
+    ops = _ops(top.get("ops", []), [i.name for i in inputs], config)
 
     out = _table(
         top.get("output"),
@@ -340,11 +339,12 @@ def _inputs(data: Any, config: Any) -> tuple[Input, ...]:
     return tuple(inputs)
 
 
-def _ops(data: Any, names: set[str], config: Any) -> tuple[Op, ...]:
+def _ops(data: Any, names: list[str], config: Any) -> tuple[Op, ...]:
+    """The ops in order; an op's input defaults to the last result (first, the first input)."""
     if not isinstance(data, list):
         raise FarmError("ops must be a list of [[ops]] tables")
     ops: list[Op] = []
-    previous = next(iter(names))
+    previous = names[0]
     known = set(names)
     for index, table in enumerate(data, 1):
         where = f"op {index}"
