@@ -52,10 +52,14 @@ def make_scene(blender: str, tmp_path_factory: pytest.TempPathFactory) -> SceneM
     folder = tmp_path_factory.mktemp("scenes")
     built: dict[tuple, Path] = {}
 
-    def make(width: int = 96, height: int = 54, samples: int = 4, frames: int = 24) -> Path:
-        key = (width, height, samples, frames)
+    def make(
+        width: int = 96, height: int = 54, samples: int = 4, frames: int = 24, *flags: str
+    ) -> Path:
+        """``flags``: the builder's own, e.g. ``--transparent``, ``--multilayer``."""
+        key = (width, height, samples, frames, *flags)
         if key not in built:
-            path = folder / f"shot_{width}x{height}_{samples}s_{frames}f.blend"
+            name = "".join(f.strip("-")[0] for f in flags)
+            path = folder / f"shot_{width}x{height}_{samples}s_{frames}f{name}.blend"
             subprocess.run(
                 [
                     blender,
@@ -71,6 +75,7 @@ def make_scene(blender: str, tmp_path_factory: pytest.TempPathFactory) -> SceneM
                     str(samples),
                     "--frames",
                     str(frames),
+                    *flags,
                 ],
                 check=True,
                 capture_output=True,

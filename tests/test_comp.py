@@ -5,9 +5,6 @@ farm server, and every bad input refused before any frame runs."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import time
 import tomllib
 from pathlib import Path
@@ -20,7 +17,7 @@ from farm import color
 from farm.errors import FarmError
 from farm.tiling.imagefile import Pixels, read_pixels, write_frame
 from pipelines import comp
-from tests.conftest import BUILDER
+from tests.test_train import farm, finish
 from workers import comp_ops
 from workers.comp import header, make_frame
 
@@ -141,43 +138,8 @@ def test_layers_of_a_multilayer_exr_add_up_and_previews_match_opencolorio(tmp_pa
     assert np.array_equal(read_pixels(tmp_path / "hdr_0001.png").data, baked.apply(source))
 
 
-def build_scene(path: Path, width: int, height: int, frames: int) -> Path:
-    """The example shot with no sky (alpha where the world shows), as a multilayer EXR."""
-    subprocess.run(
-        [
-            os.environ.get("FARM_BLENDER", "blender"),
-            "-b",
-            "--factory-startup",
-            "--python",
-            str(BUILDER),
-            "--",
-            str(path),
-            "--resolution",
-            f"{width}x{height}",
-            "--samples",
-            "2",
-            "--frames",
-            str(frames),
-            "--transparent",
-            "--multilayer",
-        ],
-        check=True,
-        capture_output=True,
-    )
-    return path
-
-
-def run_farm(args: list[str], home: Path, **extra: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("FARM_URL", "FARM_TOKEN")}
-    env.update(FARM_HOME=str(home / ".farm"), XDG_CONFIG_HOME=str(home / "config"), **extra)
-    return subprocess.run(
-        [sys.executable, "-m", "farm", *args],
-        cwd=home,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+def run_farm(args: list[str], home: Path) -> tuple[int, str, str]:
+    return finish(farm(args, home), timeout=300)
 
 
 COMP_OVER_PLATE = """
@@ -213,21 +175,21 @@ movie = "comp/shot.mp4"
 
 
 def test_a_render_composited_over_a_plate_writes_every_frame_a_contact_sheet_and_a_movie(
-    tmp_path,
+    make_scene, tmp_path
 ):
     """``farm render … --comp``: Blender renders, then the comp runs after it on the same farm."""
     from examples.make_plate import plate
 
-    scene = build_scene(tmp_path / "shot.blend", 48, 28, 3)
+    scene = make_scene(48, 28, 2, 3, "--transparent", "--multilayer")
     for frame in (1, 2, 3):
         exr(tmp_path / f"plates/sky_{frame:04d}.exr", plate(48, 28, frame))
     (tmp_path / "comp.toml").write_text(COMP_OVER_PLATE)
-    done = run_farm(
+    code, out, err = run_farm(
         ["render", str(scene), "-o", "renders/shot_####.exr", "--comp", "comp.toml", "--json"],
         tmp_path,
     )
-    assert done.returncode == 0, done.stderr[-3000:]
-    summary = json.loads(done.stdout)
+    assert code == 0, err[-3000:]
+    summary = json.loads(out)
     assert summary["render"]["written"] == 3
     made = summary["comp"]
     assert made["state"] == "done", made
@@ -317,10 +279,10 @@ def test_bad_input_is_refused_before_any_frame_runs_naming_the_problem(case, tmp
     _bad_inputs(tmp_path)
     text, words = BAD[case]
     (tmp_path / "bad.toml").write_text(text)
-    done = run_farm(["comp", "bad.toml"], tmp_path)
-    assert done.returncode == 2, done.stderr
-    lines = done.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), done.stderr
+    code, _, err = run_farm(["comp", "bad.toml"], tmp_path)
+    assert code == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
     for word in words:
         assert word in lines[0], lines[0]
     assert not (tmp_path / "out").exists()  # nothing written
@@ -350,11 +312,13 @@ def test_spec_mistakes_are_one_line_refusals():
         assert "\n" not in str(refused.value)
 
 
-def test_a_comp_chained_on_a_server_plans_when_its_render_is_done(farm_server, tmp_path):
+def test_a_comp_chained_on_a_server_plans_when_its_render_is_done(
+    farm_server, make_scene, tmp_path
+):
     """``farm submit render`` then ``farm submit comp --after``: the comp waits, held; a plate
     short of the render's frames fails it at planning, with no frame task run; the right one
     runs and names its outputs in its status."""
-    scene = build_scene(tmp_path / "shot.blend", 32, 18, 2)
+    scene = make_scene(32, 18, 2, 2, "--transparent", "--multilayer")
     root = farm_server.data / "outputs" / "admin"
     for frame in (1, 2):
         exr(root / f"plates/sky_{frame:04d}.exr", flat(32, 18, (0.2, 0.3, 0.5, 1.0)))
@@ -392,3 +356,24 @@ def test_a_comp_chained_on_a_server_plans_when_its_render_is_done(farm_server, t
         # A comp with an input taken from no render is refused at once.
         lone = api.post("/jobs/comp", json={"spec": data})
         assert lone.status_code == 400 and "--after" in lone.json()["detail"]
+
+
+def test_an_8_bit_plate_is_read_in_srgb_and_premultiplied_after_conversion(tmp_path):
+    straight = np.zeros((2, 3, 4), np.uint8)
+    straight[...] = (255, 64, 0, 128)  # PNG keeps straight alpha
+    path = tmp_path / "plate_0001.png"
+    write_frame(path, Pixels(straight, RGBA))
+    data = {
+        "inputs": {"plate": {"path": str(tmp_path / "plate_####.png")}},
+        "output": {"path": str(tmp_path / "out_####.exr"), "depth": "float"},
+    }
+    plan, out = frame_of(data)
+    [source] = plan.sources
+    assert source.colorspace == "sRGB Encoded Rec.709 (sRGB)" and source.straight_alpha
+    config = color.load_config("ocio://default")
+    linear = color.convert(
+        straight[..., :3].astype(np.float32) / 255, config, source.colorspace, "ACEScg"
+    )
+    alpha = np.float32(128 / 255)
+    assert np.allclose(out[..., :3], linear * alpha, atol=1e-6)
+    assert np.allclose(out[..., 3], alpha)

@@ -19,7 +19,7 @@ import OpenImageIO as oiio
 from farm import color
 from farm.errors import FarmError
 from farm.frames import OutputPattern
-from farm.tiling.imagefile import Pixels, write_frame
+from farm.tiling.imagefile import Pixels, read_pixels, write_frame
 from pipelines.comp import CompPlan, CompSpec, Op, Source
 from workers import comp_ops, review
 
@@ -49,38 +49,21 @@ def header(path: Path) -> tuple[int, int, tuple[str, ...], bool]:
         image.close()
 
 
-def _straight() -> oiio.ImageSpec:
-    config = oiio.ImageSpec()
-    config.attribute("oiio:UnassociatedAlpha", 1)
-    return config
-
-
 def read_source(source: Source, frame: int, config: Any, working: str) -> np.ndarray:
     """The input's pixels for ``frame`` as premultiplied float32 in the working space."""
     path = OutputPattern(source.pattern).path(frame)
-    image = oiio.ImageInput.open(str(path), _straight())
-    if image is None:
-        raise OSError(f"cannot read {path}: {oiio.geterror().strip()}")
-    try:
-        spec = image.spec()
-        data = image.read_image(0, 0, 0, spec.nchannels, oiio.FLOAT)
-        if data is None:
-            raise OSError(f"cannot decode {path}: {image.geterror()}")
-    finally:
-        image.close()
-    names = list(spec.channelnames)
-    try:
-        index = [names.index(c) for c in source.channels]
-    except ValueError:
-        raise OSError(f"{path} lacks the channels {', '.join(source.channels)}") from None
-    pixels = np.ascontiguousarray(
-        data.reshape(spec.height, spec.width, spec.nchannels)[:, :, index], dtype=np.float32
-    )
-    if (spec.width, spec.height) != (source.width, source.height):
+    image = read_pixels(path, as_float=True)
+    height, width, _ = image.data.shape
+    if (width, height) != (source.width, source.height):
         raise OSError(
-            f"{path} is {spec.width}×{spec.height}, not {source.width}×{source.height} "
+            f"{path} is {width}×{height}, not {source.width}×{source.height} "
             "like the frame the job was planned on"
         )
+    try:
+        index = [image.channels.index(c) for c in source.channels]
+    except ValueError:
+        raise OSError(f"{path} lacks the channels {', '.join(source.channels)}") from None
+    pixels = np.ascontiguousarray(image.data[:, :, index], dtype=np.float32)
     if source.colorspace != working:
         pixels = color.convert(pixels, config, source.colorspace, working)
     if source.straight_alpha:  # 8/16-bit files keep straight alpha: ops need it premultiplied

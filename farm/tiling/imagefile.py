@@ -44,14 +44,15 @@ def _keep_alpha_as_stored() -> oiio.ImageSpec:
     return config
 
 
-def read_pixels(path: Path) -> Pixels:
-    """Decode an image exactly as stored: its own pixel type, its own alpha convention."""
+def read_pixels(path: Path, as_float: bool = False) -> Pixels:
+    """Decode an image exactly as stored: its own pixel type (or float32 scaled to [0, 1] for
+    integer files, ``as_float``), its own alpha convention."""
     image = oiio.ImageInput.open(str(path), _keep_alpha_as_stored())
     if image is None:
         raise OSError(f"cannot read {path}: {oiio.geterror()}")
     try:
         spec = image.spec()
-        data = image.read_image(0, 0, 0, spec.nchannels, spec.format)
+        data = image.read_image(0, 0, 0, spec.nchannels, oiio.FLOAT if as_float else spec.format)
         if data is None:
             raise OSError(f"cannot decode {path}: {image.geterror()}")
         metadata = {
