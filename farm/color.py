@@ -19,6 +19,7 @@ import itertools
 import os
 from concurrent.futures import ThreadPoolExecutor
 from functools import cache, cached_property
+from pathlib import Path
 
 import numpy as np
 import PyOpenColorIO as ocio
@@ -26,6 +27,7 @@ import PyOpenColorIO as ocio
 from farm.errors import FarmError
 
 DEFAULT_CONFIG = "ocio://default"
+MAX_CONFIG_BYTES = 16 * 2**20  # a config file larger than this is no OCIO config
 _BUILTIN_ALIASES = ("default", "cg-config-latest", "studio-config-latest")
 _LABELS: dict[int, str] = {}  # id of a config from load_config -> the name it was loaded by
 
@@ -38,6 +40,10 @@ def load_config(name: str | None = None) -> ocio.Config:
 
 @cache
 def _load(name: str) -> ocio.Config:
+    if not name.startswith("ocio://"):  # a file: not a device or a pipe that never ends
+        path = Path(name)
+        if not path.is_file() or path.stat().st_size > MAX_CONFIG_BYTES:
+            raise FarmError(f"OCIO config {name!r} is not a config file (or an ocio:// name)")
     try:
         config = ocio.Config.CreateFromFile(name)
     except Exception as error:  # OCIO raises its own Exception types, one per failure kind.
