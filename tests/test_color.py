@@ -179,6 +179,7 @@ def test_bad_names_are_refused_in_one_line(config):
         load_config, "ocio://cg-config-lates"
     )
     assert "'/nowhere/studio.ocio'" in refusal(load_config, "/nowhere/studio.ocio")
+    assert "is not a config file" in refusal(load_config, "/dev/zero")  # refused, not read
     assert refusal(check_space, config, "ACEScgg") == (
         "unknown colour space 'ACEScgg' in ocio://default (did you mean 'ACEScg'?)"
     )
