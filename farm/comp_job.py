@@ -73,7 +73,7 @@ class CompJob(ActiveJob):
     def place(self, scheduler: Scheduler, starts: list[Start], room: float) -> None:
         if self.plan is None and not self._plan_now(scheduler):
             return
-        while self.queued and room > 0 and scheduler.capacity.fits(self.resources):
+        while self.queued and room > 0 and scheduler.make_room(self, self.resources):
             if self.queued[0].key == comp.REVIEW and not self._frames_done:
                 if len(self.queued) == 1:
                     return  # the review waits for every frame

@@ -430,21 +430,29 @@ class Scheduler:
         """A job its inputs refuse at planning fails before any of its tasks runs."""
         self._end_job(job, State.FAILED, reason)
 
-    def grow(self, job: ActiveJob, profile: SlotProfile) -> Slot | None:
-        """Start another slot of ``profile`` for ``job`` if the cluster has room, making room by
-        ending idle slots that no job ahead of it wants."""
-        need = profile.resources
-        if not self.capacity.fits(need):
-            idle = [s for s in self.pool.slots if s.ready and s.load == 0]
-            if idle:  # what jobs ahead want is a walk along the order: only when there is choice
-                wanted = self._wanted_until(job)
-                idle = [s for s in idle if s.profile not in wanted]
-            for slot in sorted(idle, key=lambda s: s.idle_since):
-                if self.capacity.fits(need):
-                    break
+    def make_room(self, job: ActiveJob, need: dict[str, float]) -> bool:
+        """Whether ``need`` fits the cluster now, once idle slots that no job ahead of ``job``
+        wants are ended: a warm Blender must not keep another job's work waiting for its idle
+        timeout."""
+        if self.capacity.fits(need):
+            return True
+        idle = [s for s in self._pool.slots if s.ready and s.load == 0] if self._pool else []
+        if not idle:
+            return False
+        wanted = self._wanted_until(job)  # a walk along the order: only when there is choice
+        for slot in sorted(idle, key=lambda s: s.idle_since):
+            if slot.profile not in wanted:
                 self._remove_slot(slot, graceful=True)
-            if not self.capacity.fits(need):
-                return None
+                if self.capacity.fits(need):
+                    return True
+        return False
+
+    def grow(self, job: ActiveJob, profile: SlotProfile) -> Slot | None:
+        """Start another slot of ``profile`` for ``job`` if the cluster has room (see
+        :meth:`make_room`)."""
+        need = profile.resources
+        if not self.make_room(job, need):
+            return None
         slot = self.pool.create(profile, job.blocked)
         self.capacity.hold(need)
         self.opening[slot.opening] = slot
@@ -496,7 +504,7 @@ class Scheduler:
         quotas, now = self.quotas, time.time()
         full: set[int] = set()  # the quota keys of owners with no room this turn
         for job in self._ordered():
-            if isinstance(job, ProbeJob) and not (job.queued and self.capacity.fits(job.share)):
+            if isinstance(job, ProbeJob) and not (job.queued and self.make_room(job, job.share)):
                 continue
             key = job.quota_key
             if key in full or not job.dispatchable:

@@ -72,7 +72,7 @@ class TrainJob(ActiveJob):
 
     def place(self, scheduler: Scheduler, starts: list[Start], room: float) -> None:
         held = self.spec.resources
-        if self.queued and room > 0 and scheduler.capacity.fits(held):
+        if self.queued and room > 0 and scheduler.make_room(self, held):
             scheduler.capacity.hold(held)
             starts.append(Start(self, self.queued.popleft(), None, held, held))
 

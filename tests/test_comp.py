@@ -338,15 +338,20 @@ def test_a_comp_chained_on_a_server_plans_when_its_render_is_done(
         bad = api.post("/jobs/comp", json={"spec": short, "after": [job]})
         assert good.status_code == bad.status_code == 201, good.text + bad.text
         assert api.get(f"/jobs/{good.json()['id']}").json()["state"] in ("held", "queued")
-        states = {}
+        states: dict[int, dict] = {}
+        rendered = 0.0  # when the render was first seen done
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
+            if not rendered and api.get(f"/jobs/{job}").json()["state"] == "done":
+                rendered = time.monotonic()
             states = {
                 j: api.get(f"/jobs/{j}").json() for j in (good.json()["id"], bad.json()["id"])
             }
             if all(s["state"] in ("done", "failed", "cancelled") for s in states.values()):
                 break
-            time.sleep(0.5)
+            time.sleep(0.2)
+        # The render's idle warm slots make room at once: the comp waits for no idle timeout.
+        assert rendered and time.monotonic() - rendered < 30
         made, refused = states[good.json()["id"]], states[bad.json()["id"]]
         assert refused["state"] == "failed" and "lacks frame(s) 2" in refused["message"]
         assert api.get(f"/jobs/{bad.json()['id']}/tasks").json() == []  # no frame ran
