@@ -503,8 +503,12 @@ class Scheduler:
         starts: list[Start] = []
         quotas, now = self.quotas, time.time()
         full: set[int] = set()  # the quota keys of owners with no room this turn
+        fits = self.capacity.fits  # asked of every job on the walk: no more than this
+        idle = self._pool is not None and any(s.ready and not s.load for s in self._pool.slots)
         for job in self._ordered():
-            if isinstance(job, ProbeJob) and not (job.queued and self.make_room(job, job.share)):
+            if isinstance(job, ProbeJob) and not (
+                job.queued and (fits(job.share) or (idle and self.make_room(job, job.share)))
+            ):
                 continue
             key = job.quota_key
             if key in full or not job.dispatchable:
