@@ -20,6 +20,7 @@ from farm import states
 from farm.active_job import ActiveJob, Event, Start
 from farm.errors import FarmError
 from farm.frames import OutputPattern
+from farm.render_job import written_frames
 from farm.slots import NODE_LABEL, lab_resource
 from farm.states import State, TaskRef
 from farm.store import Event as StoreEvent
@@ -176,12 +177,7 @@ def after_source(db: Session, after: list[int] | None) -> tuple[str, list[int]] 
     for job_id in after or []:
         row = db.get(Job, job_id)
         if row is not None and row.kind in ("render", "comp"):
-            frames = db.scalars(
-                select(StoreEvent.frame).where(
-                    StoreEvent.job_id == job_id, StoreEvent.kind == "written"
-                )
-            )
-            return row.spec["output"], sorted(set(frames))
+            return row.spec["output"], sorted(written_frames(db, job_id))
     return None
 
 

@@ -3,6 +3,7 @@ mode), with the frames shown as they are made."""
 
 from __future__ import annotations
 
+import functools
 import getpass
 from collections.abc import Callable
 from typing import Any
@@ -25,7 +26,7 @@ from pipelines.render import user_path
 def check_here(data: dict[str, Any], after: list[int]) -> CompSpec:
     """A comp for this machine checked before anything starts: its spec, its files, and the jobs
     of this machine's store it runs after, which must be done already (nothing else runs them)."""
-    db = session(_engine())
+    db = session(_engine(_store_url()))
     for job_id in after:
         row = db.get(Job, job_id)
         if row is None:
@@ -49,7 +50,7 @@ def comp_here(
     """Run a checked comp (:func:`check_here`) to its end on this machine's Ray; returns what
     ``--json`` prints."""
     ensure_ray()
-    scheduler = Scheduler(_engine())
+    scheduler = Scheduler(_engine(_store_url()))
     end_orphans(scheduler.db)
     job_id = submit.comp_job(scheduler.db, spec, getpass.getuser(), priority, after)
     if on_event is not None:
@@ -63,5 +64,11 @@ def comp_here(
     }
 
 
-def _engine() -> Engine:
-    return open_store(f"sqlite:///{(farm_home() / 'farm.db').absolute()}")
+def _store_url() -> str:
+    return f"sqlite:///{(farm_home() / 'farm.db').absolute()}"
+
+
+@functools.cache
+def _engine(url: str) -> Engine:
+    """The store, opened (and migrated) once a process: checking and running share it."""
+    return open_store(url)

@@ -207,9 +207,9 @@ def _table(data: Any, where: str, allowed: set[str]) -> dict[str, Any]:
 
 
 def _value(data: dict[str, Any], key: str, kind: type, where: str, default: Any = None) -> Any:
-    value = data.get(key, default)
-    if value is None or value is default:
-        return value
+    value = data.get(key)
+    if value is None:  # absent (or JSON's null): the default
+        return default
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
     if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -127,42 +128,45 @@ def bake_preview(config: str, src: str, display: str, view: str) -> color.Previe
     return color.Preview.bake(color.load_config(config), src, display, view)
 
 
-def frame_task(
-    spec_json: dict[str, Any], plan_json: dict[str, Any], frame: int, preview: Any
-) -> dict[str, Any]:
-    """The Ray task of one frame: its outputs, the node and when it began (for the ledger)."""
+def make_review(plan: CompPlan) -> list[str]:
+    """Write the contact sheet and the movie of the job's previews; returns the paths written."""
+    spec = plan.spec
+    frames = [(f, p) for f in plan.frames if (p := plan.preview(f)) is not None]
+    written = []
+    if spec.contact_sheet:
+        sheet = Path(spec.contact_sheet)
+        sheet.parent.mkdir(parents=True, exist_ok=True)
+        written.append(str(review.contact_sheet(frames, sheet)))
+    if spec.movie:
+        movie = Path(spec.movie)
+        movie.parent.mkdir(parents=True, exist_ok=True)
+        written.append(str(review.movie(frames, movie, spec.fps)))
+    return written
+
+
+def _attempt(what: str, frame: int | None, work: Callable[[], list[str]]) -> dict[str, Any]:
+    """Run one comp task's work: what it wrote, the node and when it began (for the ledger); a
+    failure names both."""
     import ray
 
     began = time.time()
     node = ray.get_runtime_context().get_node_id()
-    plan = CompPlan.from_json(CompSpec.from_json(spec_json), plan_json)
     try:
-        written = make_frame(plan, frame, preview)
+        written = work()
     except (OSError, FarmError, ValueError) as error:
-        raise CompFailure(f"frame {frame}: {error}", node, began) from None
+        raise CompFailure(f"{what}: {error}", node, began) from None
     return {"node": node, "began": began, "frame": frame, "paths": written}
+
+
+def frame_task(
+    spec_json: dict[str, Any], plan_json: dict[str, Any], frame: int, preview: Any
+) -> dict[str, Any]:
+    """The Ray task of one frame."""
+    plan = CompPlan.from_json(CompSpec.from_json(spec_json), plan_json)
+    return _attempt(f"frame {frame}", frame, lambda: make_frame(plan, frame, preview))
 
 
 def review_task(spec_json: dict[str, Any], plan_json: dict[str, Any]) -> dict[str, Any]:
     """The Ray task of the review: the contact sheet and the movie of the previews."""
-    import ray
-
-    began = time.time()
-    node = ray.get_runtime_context().get_node_id()
     plan = CompPlan.from_json(CompSpec.from_json(spec_json), plan_json)
-    spec = plan.spec
-    shown = [(f, plan.preview(f)) for f in plan.frames]
-    frames = [(f, p) for f, p in shown if p is not None]
-    written = []
-    try:
-        if spec.contact_sheet:
-            sheet = Path(spec.contact_sheet)
-            sheet.parent.mkdir(parents=True, exist_ok=True)
-            written.append(str(review.contact_sheet(frames, sheet)))
-        if spec.movie:
-            movie = Path(spec.movie)
-            movie.parent.mkdir(parents=True, exist_ok=True)
-            written.append(str(review.movie(frames, movie, spec.fps)))
-    except (OSError, FarmError, ValueError) as error:
-        raise CompFailure(f"review: {error}", node, began) from None
-    return {"node": node, "began": began, "frame": None, "paths": written}
+    return _attempt("review", None, lambda: make_review(plan))
