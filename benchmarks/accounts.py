@@ -52,14 +52,15 @@ import ray
 from sqlalchemy import insert, select, update
 from sqlalchemy.engine import Engine
 
-from farm import accounts, submit
-from farm.accounts import Ask
-from farm.active_job import Start
-from farm.admin_api import NewEnrolment, PolicyChange, change_policy, enrol
-from farm.auth import add_user
-from farm.scheduler import ACCOUNTS_EVERY, ORDER_EVERY, Scheduler, ensure_ray
-from farm.states import State
-from farm.store import Charge, Job, Task, open_store, session
+from farm.accounts import standing as accounts
+from farm.accounts.auth import add_user
+from farm.accounts.standing import Ask
+from farm.api.admin import NewEnrolment, PolicyChange, change_policy, enrol
+from farm.scheduler.kinds.base import Start
+from farm.scheduler.loop import ACCOUNTS_EVERY, ORDER_EVERY, Scheduler, ensure_ray
+from farm.store import submit
+from farm.store.states import State
+from farm.store.tables import Charge, Job, Task, open_store, session
 from pipelines.probe import ProbeSpec
 
 USERS, JOBS_PER_USER, TASKS_PER_JOB = 200, 5, 100

@@ -49,13 +49,13 @@ import ray
 from sqlalchemy.engine import Engine
 
 import workers.probe
-from farm import submit
-from farm.active_job import Event
 from farm.config import find_blender
-from farm.probe_job import ProbeJob
-from farm.scheduler import Scheduler, ensure_ray
-from farm.states import State
-from farm.store import open_store, session
+from farm.scheduler.kinds.base import Event
+from farm.scheduler.kinds.probe import ProbeJob
+from farm.scheduler.loop import Scheduler, ensure_ray
+from farm.store import submit
+from farm.store.states import State
+from farm.store.tables import open_store, session
 from pipelines.probe import ProbeSpec
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -36,8 +36,8 @@ sys.path.insert(0, str(ROOT / "examples"))
 
 from train_digits import data  # noqa: E402
 
-from farm.scheduler import ensure_ray  # noqa: E402
-from farm.training import train_here  # noqa: E402
+from farm.embedded.train import train_here  # noqa: E402
+from farm.scheduler.loop import ensure_ray  # noqa: E402
 from pipelines.train import TrainSpec  # noqa: E402
 
 EPOCHS, EVERY, HIDDEN, BATCH = 900, 100, 2048, 16

@@ -30,7 +30,7 @@ from ray.cluster_utils import Cluster
 from schemathesis import GenerationMode
 from schemathesis.checks import positive_data_acceptance
 
-from farm.api import ProbeSubmission
+from farm.api.app import ProbeSubmission
 from tests.conftest import FarmServer
 
 STATES = {"queued", "running", "paused", "held", "done", "failed", "cancelled"}

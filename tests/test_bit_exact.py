@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from conftest import blender_render, pixels
 
-from farm.embedded import RunOptions, render
+from farm.embedded.render import RunOptions, render
 from pipelines.render import RenderRequest, validate
 
 

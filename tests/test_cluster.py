@@ -12,8 +12,8 @@ import pytest
 import ray
 from ray.cluster_utils import Cluster
 
-from farm.active_job import Event
-from farm.embedded import RunOptions, render
+from farm.embedded.render import RunOptions, render
+from farm.scheduler.kinds.base import Event
 from pipelines.render import RenderRequest, validate
 
 

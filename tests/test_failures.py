@@ -14,11 +14,11 @@ import psutil
 import pytest
 from sqlalchemy import select
 
-from farm.active_job import Event
-from farm.embedded import RunOptions, render
-from farm.jobs import job_logs
-from farm.store import Event as StoreEvent
-from farm.store import Job, open_store, session
+from farm.embedded.render import RunOptions, render
+from farm.scheduler.kinds.base import Event
+from farm.store.queries import job_logs
+from farm.store.tables import Event as StoreEvent
+from farm.store.tables import Job, open_store, session
 from pipelines.render import RenderRequest, validate
 
 

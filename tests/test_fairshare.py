@@ -14,10 +14,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sqlalchemy import select
 
-from farm import fairshare, submit
-from farm.fairshare import DAY, FairShare
-from farm.scheduler import Scheduler
-from farm.store import Attempt, Charge, Job, Task, now, open_store, session
+from farm.scheduler import fairshare
+from farm.scheduler.fairshare import DAY, FairShare
+from farm.scheduler.loop import Scheduler
+from farm.store import submit
+from farm.store.tables import Attempt, Charge, Job, Task, now, open_store, session
 from pipelines.probe import ProbeSpec
 
 

@@ -11,7 +11,7 @@ import time
 
 import psutil
 
-from farm.scenes import digest_of
+from farm.store.scenes import digest_of
 
 
 def farm(*args: str, server, cwd) -> subprocess.CompletedProcess[str]:

@@ -11,10 +11,10 @@ import ray
 from ray.cluster_utils import Cluster
 from sqlalchemy import select
 
-from farm import submit
-from farm.scenes import SceneStore, digest_of
-from farm.scheduler import Scheduler
-from farm.store import Attempt, Job, Task, open_store, session
+from farm.scheduler.loop import Scheduler
+from farm.store import submit
+from farm.store.scenes import SceneStore, digest_of
+from farm.store.tables import Attempt, Job, Task, open_store, session
 from pipelines.probe import ProbeSpec
 from pipelines.render import RenderRequest, validate
 from workers.render_slot import SceneCopy

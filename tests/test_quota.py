@@ -9,8 +9,8 @@ import random
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from farm.accounts import Limits, Standing, booked, period_bounds
-from farm.quota import Quotas
+from farm.accounts.quota import Quotas
+from farm.accounts.standing import Limits, Standing, booked, period_bounds
 
 UTC = dt.UTC
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import psutil
 from sqlalchemy import select
 
-from farm.store import Attempt, Job, Task, open_store, session
-from farm.store import Event as StoreEvent
+from farm.store.tables import Attempt, Job, Task, open_store, session
+from farm.store.tables import Event as StoreEvent
 from tests.conftest import FarmServer
 
 

@@ -9,10 +9,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import select, text
 
-from farm import states
 from farm.errors import FarmError
-from farm.states import ALLOWED, Ending, IllegalTransition, State, TaskRef
-from farm.store import (
+from farm.store import states
+from farm.store.states import ALLOWED, Ending, IllegalTransition, State, TaskRef
+from farm.store.tables import (
     SCHEMA_VERSION,
     Attempt,
     Job,

@@ -20,8 +20,8 @@ from sqlalchemy import create_engine
 from sqlalchemy.exc import OperationalError
 
 from farm.errors import FarmError
-from farm.jobs import job_metrics
-from farm.store import session
+from farm.store.queries import job_metrics
+from farm.store.tables import session
 from tests.conftest import ROOT, FarmServer
 
 DIGITS = ROOT / "examples" / "train_digits.py"

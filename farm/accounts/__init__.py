@@ -1,0 +1,1 @@
+"""Users and what they may do: tokens, roles and access, enrolment, quotas."""

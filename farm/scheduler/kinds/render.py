@@ -1,0 +1,307 @@
+"""A render job in the scheduler: planning against the scene, tiles, streaming assembly, writes.
+
+Tiles are pasted into their frame as they arrive; a frame is written the moment its last tile lands,
+on the scheduler's writer pool so the dispatch loop never waits on a disk. A frame counts as done
+only once it is on disk (a ``written`` event in the store): a tile's pixels live in memory until
+then, so a restarted scheduler renders again every task of a frame that was not written.
+"""
+
+from __future__ import annotations
+
+import math
+from concurrent.futures import Future
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import select
+
+from farm.scheduler.kinds.base import ActiveJob, Event, Start
+from farm.scheduler.slots import SlotProfile
+from farm.store import states
+from farm.store.states import State, TaskRef
+from farm.store.tables import Event as StoreEvent
+from farm.store.tables import Job, Task
+from farm.tiling.assemble import FrameAssembly
+from farm.tiling.imagefile import Pixels, write_bytes, write_frame
+from pipelines import render
+from pipelines.render import JobPlan, RenderSpec, RenderTask
+from workers.render_slot import FrameOutput, TaskResult
+
+if TYPE_CHECKING:
+    from farm.scheduler.loop import Scheduler
+
+# Tasks queued on one slot: the next task waits in the actor's mailbox, so a slot never idles for
+# a driver round trip between two tasks.
+SLOT_DEPTH = 2
+
+
+class RenderJob(ActiveJob):
+    kind = "render"
+
+    def __init__(self, row: Job, tasks: list[TaskRef], written: dict[int, str]) -> None:
+        self.spec = RenderSpec.from_json(row.spec)
+        super().__init__(row, tasks, self.spec.retries)
+        run = row.spec.get("run", {})
+        self.threads: int = run.get("threads", 1)
+        self.max_slots: int | None = run.get("slots")
+        self.stall_timeout: float = run.get("stall_timeout", 600.0)
+        self.lab: str | None = run.get("lab")
+        self.digest: str | None = run.get("digest")  # the scene was uploaded
+        self.memory: int = run.get("memory") or 0
+        self.plan: JobPlan | None = None
+        self.written = dict(written)  # frame → path: on disk
+        self.failed: dict[int, str] = {}
+        self.tiled_frames = 0
+        self.render_seconds = 0.0  # what the slots spent rendering and decoding
+        self.assemblies: dict[int, FrameAssembly] = {}
+        self.writes: dict[Future[None], tuple[int, FrameAssembly | None]] = {}
+        self.profile = self._profile(
+            render.blender_settings(self.spec, self.spec.format != "exr", self._slot_guess)
+        )
+        self.planning = False  # a slot is opening the scene for this job
+
+    @property
+    def _slot_guess(self) -> int:
+        return self.max_slots or 2
+
+    def _profile(self, settings: dict[str, Any]) -> SlotProfile:
+        return SlotProfile.of(
+            self.spec.scene,
+            self.threads,
+            settings,
+            self.spec.allow_scripts,
+            self.stall_timeout,
+            self.lab,
+            self.digest,
+            self.memory,
+        )
+
+    @property
+    def has_plan(self) -> bool:
+        return self.plan is not None
+
+    @property
+    def needs(self) -> dict[str, float]:
+        return self.profile.resources
+
+    @property
+    def busy(self) -> bool:
+        return bool(self.writes)
+
+    # Planning: what Blender says of the scene fixes frames, formats and tiles.
+
+    def planned(self, scheduler: Scheduler, info: dict[str, Any]) -> None:
+        """Plan the job from the scene info a slot reported; create its tasks on first planning."""
+        plan = render.plan(self.spec, info, self._slot_guess)
+        self.plan = plan
+        self.profile = self._profile(plan.settings)
+        db = scheduler.db
+        if self.row.plan is None:
+            chunks = plan.chunks()
+            if self.spec.tiles.kind in ("grid", "size"):
+                tile_plan = plan.tile_plan()
+                chunks = [t for c in chunks for t in plan.tile_tasks(c.frames[0], tile_plan)]
+            rows = [
+                Task(
+                    job_id=self.id,
+                    key=t.key,
+                    state=State.QUEUED.value,
+                    payload={"frames": list(t.frames), "tile": t.tile},
+                )
+                for t in chunks
+            ]
+            db.add_all(rows)
+            stored = db.get(Job, self.id)
+            assert stored is not None
+            stored.plan = info
+            db.commit()
+            self.row.plan = info
+            self.add_tasks([scheduler.ref(r) for r in rows])
+        scheduler.emit(Event("planned", self.id, plan=plan))
+
+    def recover(self, scheduler: Scheduler) -> None:
+        """After a restart: tasks whose frames never reached the disk render again."""
+        again = [
+            t
+            for t in self.tasks.values()
+            if t.state is State.DONE and not set(t.payload["frames"]) <= self.written.keys()
+        ]
+        states.move(scheduler.db, again, State.QUEUED, "its frame was not written before the stop")
+        for task in sorted(again, key=lambda t: t.id, reverse=True):
+            self.requeue(task)
+
+    # Placing tasks on slots.
+
+    def place(self, scheduler: Scheduler, starts: list[Start], room: float) -> None:
+        pool = scheduler.pool
+        if self.plan is None:
+            self._plan_from_pool(scheduler)
+            if self.plan is None:
+                if not self.planning and scheduler.grow(self, self.profile) is not None:
+                    self.planning = True
+                return
+        if self.queued:  # first the slots the work wants: an auto still splits across them all
+            mine = len(pool.of(self.profile))
+            wanted = min(self.max_slots or math.inf, self.in_flight + room)
+            if self.spec.tiles.kind != "auto":
+                wanted = min(wanted, len(self.queued))
+            while mine < wanted and scheduler.grow(self, self.profile) is not None:
+                mine += 1
+        opening = sum(1 for s in pool.of(self.profile) if not s.ready)
+        usable = pool.usable(self.profile, self.blocked, SLOT_DEPTH)
+        while self.queued and usable and room > 0:
+            free = opening + sum(1 for s in usable if s.load == 0)
+            task = self._next(scheduler, free)
+            slot = min(usable, key=lambda s: s.load)
+            slot.load += 1
+            starts.append(Start(self, task, slot, self.profile.resources))
+            usable = [s for s in usable if s.load < SLOT_DEPTH]
+            room -= 1
+
+    def _plan_from_pool(self, scheduler: Scheduler) -> None:
+        """A slot already open on the same scene file knows what planning needs."""
+        for slot in scheduler.pool.slots:
+            same = (slot.profile.scene, slot.profile.stamp) == (
+                self.profile.scene,
+                self.profile.stamp,
+            )
+            if same and slot.ready:
+                scheduler.plan_job(self, slot.info)
+                return
+
+    def _next(self, scheduler: Scheduler, free_slots: int) -> TaskRef:
+        """The next task; with ``--tiles auto``, the last few frames split to fill free slots."""
+        assert self.plan is not None
+        task = self.queued.popleft()
+        if self.spec.tiles.kind != "auto" or task.payload["tile"] is not None:
+            return task
+        if len(task.payload["frames"]) != 1:
+            return task
+        frames_left = 1 + sum(1 for t in self.queued if t.payload["tile"] is None)
+        count = render.auto_tile_count(frames_left, free_slots)
+        if count <= 1:
+            return task
+        frame = task.payload["frames"][0]
+        tiles = self.plan.tile_tasks(frame, self.plan.tile_plan(count))
+        db = scheduler.db
+        stored = db.get(Task, task.id)
+        db.delete(stored)  # the frame's task never ran: its tiles replace it
+        rows = [
+            Task(
+                job_id=self.id,
+                key=t.key,
+                state=State.QUEUED.value,
+                payload={"frames": [frame], "tile": t.tile, "split": count},
+            )
+            for t in tiles
+        ]
+        db.add_all(rows)
+        db.commit()
+        del self.tasks[task.key]
+        refs = [scheduler.ref(r) for r in rows]
+        self.tasks.update((r.key, r) for r in refs)
+        self.tiled_frames += 1
+        self.queued.extendleft(reversed(refs[1:]))
+        return refs[0]
+
+    def render_task(self, task: TaskRef) -> RenderTask:
+        """The slot's work for a stored task (a restart rebuilds it from the key and the plan)."""
+        assert self.plan is not None
+        frames = tuple(task.payload["frames"])
+        if task.payload["tile"] is None:
+            return self.plan.frame_task(frames)
+        tile_plan = self.plan.tile_plan(task.payload.get("split"))
+        return self.plan.tile_tasks(frames[0], tile_plan)[task.payload["tile"]]
+
+    def launch(self, scheduler: Scheduler, start: Start) -> Any:
+        assert start.slot is not None
+        # Progress and output reach the channel as "job/attempt/task".
+        channel = f"{self.id}/{start.task.attempts}/"
+        return start.slot.actor.render.remote(self.render_task(start.task), channel)
+
+    # Results.
+
+    def succeeded(self, scheduler: Scheduler, task: TaskRef, result: TaskResult) -> None:
+        assert self.plan is not None
+        for output in result.outputs:
+            self.render_seconds += output.seconds
+            future = self._collect(scheduler, output)
+            if future is not None:
+                self.writes[future[0]] = (output.frame, future[1])
+
+    def _collect(
+        self, scheduler: Scheduler, output: FrameOutput
+    ) -> tuple[Future[None], FrameAssembly | None] | None:
+        """Paste a tile or take a whole frame; start the write when a frame is complete."""
+        plan = self.plan
+        assert plan is not None
+        path = plan.output(output.frame)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if output.tile is None:
+            assert output.data is not None
+            return scheduler.writer.submit(write_bytes, path, output.data), None
+        assembly = self.assemblies.get(output.frame)
+        if assembly is None:
+            split = self.tasks[f"f{output.frame}.t{output.tile}"].payload.get("split")
+            assembly = FrameAssembly(plan.tile_plan(split), scheduler.buffers)
+            self.assemblies[output.frame] = assembly
+        assert output.pixels is not None
+        assembly.add(output.tile, output.pixels.data)
+        if not assembly.complete:
+            return None
+        del self.assemblies[output.frame]
+        pixels = Pixels(assembly.frame(), output.pixels.channels, output.pixels.metadata)
+        image = plan.image
+        future = scheduler.writer.submit(
+            write_frame, path, pixels, image.compression, image.quality
+        )
+        return future, assembly
+
+    def finish_writes(self, scheduler: Scheduler) -> None:
+        """Record the frames whose writes have finished (or say why they could not be written)."""
+        assert self.plan is not None
+        for future in [f for f in self.writes if f.done()]:
+            frame, assembly = self.writes.pop(future)
+            if assembly is not None:
+                assembly.release()
+            error = future.exception()
+            path = str(self.plan.output(frame))
+            if error is not None:
+                self.failed[frame] = f"could not write {path}: {error}"
+                scheduler.emit(Event("failed", self.id, frame=frame, message=self.failed[frame]))
+                continue
+            scheduler.db.add(StoreEvent(job_id=self.id, kind="written", frame=frame, message=path))
+            scheduler.db.commit()
+            self.written[frame] = path
+            scheduler.emit(Event("written", self.id, frame=frame, message=path))
+
+    def forget(self, task: TaskRef) -> None:
+        super().forget(task)
+        for frame in task.payload["frames"]:
+            self.failed.pop(frame, None)
+
+    def failed_for_good(self, scheduler: Scheduler, task: TaskRef, reason: str) -> None:
+        for frame in task.payload["frames"]:
+            self.failed[frame] = reason.splitlines()[0]
+
+    def outcome(self) -> tuple[State, str]:
+        frames = self.plan.frames if self.plan else ()
+        missing = [f for f in frames if f not in self.written]
+        if self.failed or missing or self.plan is None:
+            failed = len(set(self.failed) | set(missing))
+            return State.FAILED, f"{failed} of {len(frames)} frames failed"
+        return State.DONE, ""
+
+    def close(self, scheduler: Scheduler) -> None:
+        for assembly in self.assemblies.values():
+            assembly.release()
+        self.assemblies.clear()
+
+
+def written_frames(db: Any, job_id: int) -> dict[int, str]:
+    """The frames of a job already on disk, from the store's ``written`` events."""
+    rows = db.execute(
+        select(StoreEvent.frame, StoreEvent.message).where(
+            StoreEvent.job_id == job_id, StoreEvent.kind == "written"
+        )
+    )
+    return {frame: path for frame, path in rows}

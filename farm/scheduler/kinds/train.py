@@ -1,0 +1,137 @@
+"""A training run in the scheduler: one task that holds every worker's CPUs and GPUs while Ray
+Train runs the script, its metrics passed on as they come, and TensorBoard files written."""
+
+from __future__ import annotations
+
+import functools
+import json
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import ray
+
+from farm.errors import FarmError
+from farm.scheduler.kinds.base import ActiveJob, Start
+from farm.scheduler.slots import lab_resource
+from farm.store.states import State, TaskRef
+from farm.store.tables import Job
+from pipelines.train import TrainSpec
+
+if TYPE_CHECKING:
+    from farm.scheduler.loop import Scheduler
+
+
+@functools.cache
+def _launcher() -> Any:
+    """The launcher as a Ray task, made on first use: Ray Train and torch load only on a farm
+    that trains (``pip install -e '.[train]'``)."""
+    try:
+        from workers.trainer import run
+    except ImportError as error:
+        raise FarmError(
+            f"this farm cannot train: {error} (install the training extra: pip install -e '.[train]')"
+        ) from None
+    return ray.remote(run)
+
+
+def run_name(job_id: int) -> str:
+    """The Ray Train run of a job: the same name on every attempt, so a new attempt resumes it."""
+    return f"job-{job_id}"
+
+
+class TrainJob(ActiveJob):
+    kind = "train"
+
+    def __init__(self, row: Job, tasks: list[TaskRef], storage: Path) -> None:
+        spec = dict(row.spec)
+        self.lab: str | None = spec.pop("lab", None)
+        self.spec = TrainSpec(**spec)
+        # Ray Train restarts the worker group itself (max_failures); a run that fails anyway
+        # failed for a reason a retry would meet again.
+        super().__init__(row, tasks, retries=0)
+        self.storage = storage
+        self.result: dict[str, Any] | None = None
+        _launcher()  # a farm that cannot train fails the job now, saying why
+        self._writer: Any = None
+        self.failure = ""  # the telling line of the run's last failure
+
+    @property
+    def needs(self) -> dict[str, float]:
+        """What one worker holds: a node without it can run none of the run's workers."""
+        held = {"CPU": self.spec.cpus_per_worker}
+        if self.spec.gpus_per_worker:
+            held["GPU"] = self.spec.gpus_per_worker
+        return held
+
+    @functools.cached_property
+    def size(self) -> tuple[float, float, float | None]:
+        held = self.spec.resources
+        seconds = self.spec.max_hours * 3600 if self.spec.max_hours else None
+        return held.get("GPU", 0.0), held["CPU"], seconds
+
+    def place(self, scheduler: Scheduler, starts: list[Start], room: float) -> None:
+        held = self.spec.resources
+        if self.queued and room > 0 and scheduler.make_room(self, held):
+            scheduler.capacity.hold(held)
+            starts.append(Start(self, self.queued.popleft(), None, held, held))
+
+    def launch(self, scheduler: Scheduler, start: Start) -> Any:
+        options: dict[str, Any] = {"num_cpus": 0}
+        if self.lab:
+            options["resources"] = {lab_resource(self.lab): 0.001}
+        key = f"{self.id}/{start.task.attempts}/{start.task.key}"
+        return (
+            _launcher()
+            .options(**options)
+            .remote(
+                self.spec.as_json(), str(self.storage), run_name(self.id), scheduler.progress, key
+            )
+        )
+
+    def node_of(self, result: dict[str, Any]) -> str:
+        return str(result.get("node", ""))
+
+    def succeeded(self, scheduler: Scheduler, task: TaskRef, result: Any) -> None:
+        self.result = result
+
+    def failed_for_good(self, scheduler: Scheduler, task: TaskRef, reason: str) -> None:
+        self.failure = telling_line(reason)
+
+    def outcome(self) -> tuple[State, str]:
+        """A failed run says why in its status: the script's own error, not a task count."""
+        if self.failure and any(t.state is State.FAILED for t in self.tasks.values()):
+            return State.FAILED, f"the run failed: {self.failure}"
+        return super().outcome()
+
+    def metric(self, row: dict[str, Any], index: int) -> None:
+        """Write a reported row to the run's TensorBoard files (its numbers, by step)."""
+        if self._writer is None:
+            from tensorboardX import SummaryWriter  # only a farm that trains needs it
+
+            self._writer = SummaryWriter(str(self.storage / run_name(self.id) / "tensorboard"))
+        step = row.get("step", index)
+        step = step if isinstance(step, int) else index
+        for name, value in row.items():
+            if name not in ("step", "time", "checkpoint") and isinstance(value, (int, float)):
+                self._writer.add_scalar(name, value, step, walltime=row.get("time"))
+        self._writer.flush()
+
+    def close(self, scheduler: Scheduler) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+
+def telling_line(text: str) -> str:
+    """The line of a traceback a trainee needs first: the last exception's (``ValueError: …``)."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    errors = [line for line in lines if _EXCEPTION.match(line)]
+    return (errors or lines or [""])[-1][:300]
+
+
+_EXCEPTION = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Interrupt|Exit)\b")
+
+
+def metrics_json(row: dict[str, Any]) -> str:
+    return json.dumps(row, sort_keys=True)
