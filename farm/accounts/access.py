@@ -23,13 +23,9 @@ from sqlalchemy import and_, false, or_, select
 from sqlalchemy.orm import Session
 
 from farm.accounts.standing import Standing
-from farm.errors import FarmError
+from farm.errors import Forbidden, NotFound
 from farm.store.tables import Enrolment, Job, User
 from pipelines.render import user_path
-
-
-class Forbidden(FarmError):
-    """A caller who may see something but not do this to it: HTTP 403."""
 
 
 @dataclass(frozen=True)
@@ -75,7 +71,7 @@ def readable(db: Session, caller: Caller, job_id: int) -> Job:
     """The job if ``caller`` may read it; otherwise "no job", as if it did not exist."""
     job = db.get(Job, job_id) if 1 <= job_id <= 2**63 - 1 else None
     if job is None or not may_read(caller, job):
-        raise FarmError(f"no job {job_id}")
+        raise NotFound(f"no job {job_id}")
     return job
 
 

@@ -17,15 +17,11 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from farm.accounts.standing import ROLES
-from farm.errors import FarmError
+from farm.errors import FarmError, Unauthorized
 from farm.store.tables import Token, User, now
 
 PREFIX = "farm_"
 NAME = re.compile(r"^[a-z][a-z0-9._-]{0,63}$")
-
-
-class Unauthorized(FarmError):
-    """No token, or one that does not (or no longer) work: HTTP 401."""
 
 
 def digest(token: str) -> str:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import ray
-from fastapi import Depends, FastAPI, HTTPException, Query, Request
+from fastapi import Depends, FastAPI, Query, Request
 from fastapi import Path as Path_
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
@@ -33,7 +33,6 @@ from farm.accounts import auth
 from farm.accounts import standing as accounts
 from farm.accounts.access import (
     Caller,
-    Forbidden,
     caller_for,
     changeable,
     confine,
@@ -44,7 +43,7 @@ from farm.accounts.access import (
 from farm.accounts.standing import Ask, Standing
 from farm.api import PREFIX
 from farm.api.admin import admin_routes
-from farm.errors import FarmError
+from farm.errors import FarmError, Forbidden, NotFound, Unauthorized
 from farm.scheduler.kinds import comp as comp_job
 from farm.scheduler.loop import Scheduler
 from farm.scheduler.slots import lab_resource
@@ -291,13 +290,9 @@ def create_app(engine: Engine, scheduler: Scheduler, data: Path) -> FastAPI:
 
     @app.exception_handler(FarmError)
     async def refused(_: Request, error: FarmError) -> JSONResponse:
-        status = 404 if str(error).startswith("no job ") else 400
-        headers = None
-        if isinstance(error, auth.Unauthorized):
-            status, headers = 401, {"WWW-Authenticate": "Bearer"}
-        elif isinstance(error, Forbidden):
-            status = 403
-        return JSONResponse({"detail": one_line(str(error))}, status_code=status, headers=headers)
+        headers = {"WWW-Authenticate": "Bearer"} if isinstance(error, Unauthorized) else None
+        detail = {"detail": one_line(str(error))}
+        return JSONResponse(detail, status_code=error.status, headers=headers)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_: Request, error: RequestValidationError) -> JSONResponse:
@@ -479,7 +474,7 @@ def create_app(engine: Engine, scheduler: Scheduler, data: Path) -> FastAPI:
     def scene(digest: Annotated[str, Path_(max_length=64)], _: Me) -> Scene:
         path = scenes.path(digest)
         if not path.is_file():
-            raise HTTPException(404, f"no uploaded scene {SCENE_PREFIX}{digest}")
+            raise NotFound(f"no uploaded scene {SCENE_PREFIX}{digest}")
         return Scene(scene=f"{SCENE_PREFIX}{digest}", bytes=path.stat().st_size)
 
     @app.get(f"{PREFIX}/jobs/{{job_id}}/outputs", responses=_refusals(404, 422))
@@ -492,7 +487,7 @@ def create_app(engine: Engine, scheduler: Scheduler, data: Path) -> FastAPI:
         for written in job_outputs(db, readable(db, me, job_id).id):
             if written["frame"] == frame:
                 return FileResponse(written["path"], filename=Path(written["path"]).name)
-        raise HTTPException(404, f"job {job_id} has no frame {frame} on disk")
+        raise NotFound(f"job {job_id} has no frame {frame} on disk")
 
     @app.get(f"{PREFIX}/nodes", responses=_refusals())
     def nodes(_: Me) -> list[dict[str, Any]]:

@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 
 from farm.api import PREFIX
-from farm.errors import FarmError
+from farm.errors import BY_STATUS, FarmError, NotFound
 from farm.store.scenes import digest_of
 
 TIMEOUT = 30.0
@@ -69,7 +69,7 @@ class Client:
                 detail = None
             if response.status_code >= 500 or not detail:
                 detail = f"the farm server at {self.url} answered {response.status_code}"
-            raise FarmError(str(detail))
+            raise BY_STATUS.get(response.status_code, FarmError)(str(detail))
         return response.json()
 
     def get(self, path: str, **params: Any) -> Any:
@@ -88,9 +88,8 @@ class Client:
         digest = digest_of(path)
         try:
             return self.get(f"/scenes/{digest}")["scene"]
-        except FarmError as error:
-            if "no uploaded scene" not in str(error):
-                raise
+        except NotFound:
+            pass
         with path.open("rb") as data:
             return self.call("PUT", f"/scenes/{digest}", content=data)["scene"]
 

@@ -9,7 +9,7 @@ from sqlalchemy.orm import Session
 
 from farm.cli.client import Client, server_url
 from farm.config import farm_home
-from farm.errors import FarmError
+from farm.errors import FarmError, NotFound
 from farm.store import queries
 from farm.store.tables import open_store, session
 
@@ -40,7 +40,7 @@ class LocalFarm:
 
     def _store(self, job: int) -> Session:
         if self.db is None:
-            raise FarmError(f"no job {job}")
+            raise NotFound(f"no job {job}")
         self.db.expire_all()
         return self.db
 

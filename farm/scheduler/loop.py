@@ -34,7 +34,7 @@ from sqlalchemy.engine import Engine
 
 from farm.accounts.quota import Quotas
 from farm.config import farm_home
-from farm.errors import FarmError
+from farm.errors import FarmError, NotFound
 from farm.scheduler import fairshare
 from farm.scheduler.fairshare import FairShare
 from farm.scheduler.kinds.base import BLOCK_AFTER, ActiveJob, Event, Start
@@ -839,7 +839,7 @@ class Scheduler:
             return job
         row = self.db.get(Job, job_id)
         if row is None:
-            raise FarmError(f"no job {job_id}")
+            raise NotFound(f"no job {job_id}")
         raise FarmError(f"job {job_id} is {row.state}: nothing to change")
 
     @staticmethod
@@ -927,7 +927,7 @@ class Scheduler:
         if job is None:
             row = self.db.get(Job, job_id)
             if row is None:
-                raise FarmError(f"no job {job_id}")
+                raise NotFound(f"no job {job_id}")
             tasks = self.db.scalars(select(Task).where(Task.job_id == job_id))
             refs = {t.key: self.ref(t) for t in tasks}
         else:

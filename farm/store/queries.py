@@ -10,7 +10,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from farm.errors import FarmError
+from farm.errors import FarmError, NotFound
 from farm.store.states import State
 from farm.store.tables import Event, Job, Task
 
@@ -130,14 +130,14 @@ def known_id(job_id: int) -> int:
     """``job_id`` if a store could hold it; any other number is simply no job (a store would not
     take 10**30 as a key, and must not be asked to)."""
     if not 1 <= job_id <= MAX_ID:
-        raise FarmError(f"no job {job_id}")
+        raise NotFound(f"no job {job_id}")
     return job_id
 
 
 def _job(db: Session, job_id: int) -> Job:
     job = db.get(Job, known_id(job_id))
     if job is None:
-        raise FarmError(f"no job {job_id}")
+        raise NotFound(f"no job {job_id}")
     return job
 
 
