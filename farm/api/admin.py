@@ -23,12 +23,12 @@ from farm.accounts import standing as accounts
 from farm.accounts.access import Caller, admin_only
 from farm.accounts.standing import PROGRAMMES, ROLES, STATUSES
 from farm.errors import FarmError
+from farm.labs import LAB
 from farm.store import ledger
 from farm.store.tables import Enrolment, Policy, Token, User, now
 
 Name = Annotated[str, Field(max_length=64)]
 COHORT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-LAB = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
 
 
 class Strict(BaseModel):

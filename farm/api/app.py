@@ -44,9 +44,9 @@ from farm.accounts.standing import Ask, Standing
 from farm.api import PREFIX
 from farm.api.admin import admin_routes
 from farm.errors import FarmError, Forbidden, NotFound, Unauthorized
+from farm.labs import LAB_PATTERN, lab_resource
 from farm.scheduler.kinds import comp as comp_job
 from farm.scheduler.loop import Scheduler
-from farm.scheduler.slots import lab_resource
 from farm.store import submit
 from farm.store.queries import (
     job_events,
@@ -66,7 +66,7 @@ from pipelines.render import RenderRequest
 
 Text = Annotated[str, Field(max_length=4096)]
 Short = Annotated[str, Field(max_length=64)]
-Lab = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,31}$")]
+Lab = Annotated[str, Field(pattern=LAB_PATTERN)]
 
 
 class Submission(BaseModel):

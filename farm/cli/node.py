@@ -8,16 +8,13 @@ machines, Ray is the cluster. What it adds is the farm's conventions (a lab is t
 from __future__ import annotations
 
 import json
-import re
 import socket
 import sys
 from pathlib import Path
 
 from farm.config import find_blender
 from farm.errors import FarmError
-from farm.scheduler.slots import lab_resource
-
-_LAB = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
+from farm.labs import LAB, lab_resource
 
 
 def ray_cli() -> str:
@@ -32,7 +29,7 @@ def join_command(
     if not address.strip():
         raise FarmError("--address is empty: give the head node's Ray address, like head:6379")
     for lab in labs:
-        if not _LAB.match(lab):
+        if not LAB.match(lab):
             raise FarmError(f"--lab {lab!r}: use lower-case letters, digits and _ (e.g. film, ml)")
     command = [ray_cli(), "start", "--address", address]
     if labs:

@@ -18,10 +18,9 @@ from typing import Any
 
 import ray
 
+from farm.labs import LAB_SHARE, avoiding, lab_resource
 from workers.blender_session import SessionOptions
 from workers.render_slot import RenderSlot
-
-NODE_LABEL = "ray.io/node-id"
 
 
 @dataclass(frozen=True)
@@ -78,14 +77,6 @@ class SlotProfile:
         return held
 
 
-def lab_resource(lab: str) -> str:
-    """The Ray resource a lab's nodes advertise (``ray start --resources '{"film_lab": 1}'``)."""
-    return f"{lab}_lab"
-
-
-LAB_SHARE = 0.001  # what one task asks of its lab's resource: a node's 1 admits 1000 at once
-
-
 @dataclass(eq=False)
 class Slot:
     """One warm Blender on one node."""
@@ -131,7 +122,7 @@ class SlotPool:
         if profile.memory:
             options["memory"] = profile.memory
         if avoid:
-            options["label_selector"] = {NODE_LABEL: f"!in({','.join(sorted(avoid))})"}
+            options["label_selector"] = avoiding(avoid)
         actor = (
             ray.remote(RenderSlot)
             .options(**options)

@@ -18,9 +18,9 @@ from sqlalchemy.orm import Session
 
 from farm.errors import FarmError
 from farm.frames import OutputPattern
+from farm.labs import LAB_SHARE, avoiding, lab_resource
 from farm.scheduler.kinds.base import ActiveJob, Event, Start
 from farm.scheduler.kinds.render import written_frames
-from farm.scheduler.slots import NODE_LABEL, lab_resource
 from farm.store import states
 from farm.store.states import State, TaskRef
 from farm.store.tables import Event as StoreEvent
@@ -64,7 +64,7 @@ class CompJob(ActiveJob):
     def resources(self) -> dict[str, float]:
         held = {"CPU": CPUS}
         if self.lab:
-            held[lab_resource(self.lab)] = 0.001
+            held[lab_resource(self.lab)] = LAB_SHARE
         return held
 
     @property
@@ -136,9 +136,9 @@ class CompJob(ActiveJob):
         assert self.plan is not None
         options: dict[str, Any] = {"num_cpus": CPUS}
         if self.lab:
-            options["resources"] = {lab_resource(self.lab): 0.001}
+            options["resources"] = {lab_resource(self.lab): LAB_SHARE}
         if self.blocked:
-            options["label_selector"] = {NODE_LABEL: f"!in({','.join(sorted(self.blocked))})"}
+            options["label_selector"] = avoiding(self.blocked)
         spec, plan = self.spec.as_json(), self.row.plan
         if start.task.key == comp.REVIEW:
             return _review.options(**options).remote(spec, plan)

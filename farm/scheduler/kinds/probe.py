@@ -7,8 +7,8 @@ from typing import TYPE_CHECKING, Any
 
 import ray
 
+from farm.labs import avoiding
 from farm.scheduler.kinds.base import ActiveJob, Start
-from farm.scheduler.slots import NODE_LABEL
 from farm.store.states import TaskRef
 from farm.store.tables import Job
 from pipelines import probe
@@ -70,7 +70,7 @@ class ProbeJob(ActiveJob):
             if self.spec.memory:
                 options["memory"] = self.spec.memory
             if blocked:
-                options["label_selector"] = {NODE_LABEL: f"!in({','.join(sorted(blocked))})"}
+                options["label_selector"] = avoiding(blocked)
             self._sender = (blocked, _remote.options(**options))
         return self._sender[1]
 

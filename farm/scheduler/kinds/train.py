@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING, Any
 import ray
 
 from farm.errors import FarmError
+from farm.labs import LAB_SHARE, lab_resource
 from farm.scheduler.kinds.base import ActiveJob, Start
-from farm.scheduler.slots import lab_resource
 from farm.store.states import State, TaskRef
 from farm.store.tables import Job
 from pipelines.train import TrainSpec
@@ -79,7 +79,7 @@ class TrainJob(ActiveJob):
     def launch(self, scheduler: Scheduler, start: Start) -> Any:
         options: dict[str, Any] = {"num_cpus": 0}
         if self.lab:
-            options["resources"] = {lab_resource(self.lab): 0.001}
+            options["resources"] = {lab_resource(self.lab): LAB_SHARE}
         key = f"{self.id}/{start.task.attempts}/{start.task.key}"
         return (
             _launcher()
