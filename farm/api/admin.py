@@ -9,7 +9,6 @@ import csv
 import datetime as dt
 import io
 import re
-from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends
@@ -22,8 +21,11 @@ from farm.accounts import auth
 from farm.accounts import standing as accounts
 from farm.accounts.access import Caller, admin_only
 from farm.accounts.standing import PROGRAMMES, ROLES, STATUSES
+from farm.api.deps import Db, Me, Sched
+from farm.api.models import refusals
 from farm.errors import FarmError
 from farm.labs import LAB
+from farm.scheduler.loop import Scheduler
 from farm.store import ledger
 from farm.store.tables import Enrolment, Policy, Token, User, now
 
@@ -241,118 +243,128 @@ def _since(day: dt.date | None) -> dt.datetime | None:
     return dt.datetime(day.year, day.month, day.day, tzinfo=dt.UTC) if day else None
 
 
-def admin_routes(
-    Db: Any, Me: Any, scheduler: Any, refusals: Callable[..., dict[int | str, Any]]
-) -> APIRouter:
-    """The admin endpoints; ``Db`` and ``Me`` are the API's session and caller dependencies."""
+def admin(me: Me) -> Caller:
+    """The caller, if an admin (403 if not)."""
+    admin_only(me)
+    return me
 
-    def admin(me: Me) -> Caller:
-        admin_only(me)
-        return me
 
-    Admin = Annotated[Caller, Depends(admin)]
-    router = APIRouter(prefix="/admin", responses=refusals(400, 403, 422))
+Admin = Annotated[Caller, Depends(admin)]
 
-    def committed(db: Session) -> None:
+router = APIRouter(prefix="/admin", responses=refusals(400, 403, 422))
+
+
+def committed(db: Session, scheduler: Scheduler) -> None:
+    """Commit a change of accounts and have the scheduler read them again on its next turn."""
+    db.commit()
+    scheduler.accounts_changed()
+
+
+@router.get("/users")
+def users(db: Db, _: Admin) -> list[dict[str, Any]]:
+    day = accounts.today()
+    rows = []
+    for user in db.scalars(select(User).order_by(User.name)):
+        enrolments = list(db.scalars(select(Enrolment).where(Enrolment.user_id == user.id)))
+        rows.append(_user_json(user, accounts.current_enrolment(enrolments, day)))
+    return rows
+
+
+@router.post("/users", status_code=201)
+def add_user(body: NewUser, db: Db, _: Admin, scheduler: Sched) -> dict[str, Any]:
+    user = auth.add_user(db, body.name, body.role)
+    committed(db, scheduler)
+    return _user_json(user, None)
+
+
+@router.post("/users/{name}/{action}")
+def set_user(
+    name: Annotated[str, Path_(max_length=64)],
+    action: Literal["disable", "enable"],
+    db: Db,
+    me: Admin,
+    scheduler: Sched,
+) -> dict[str, Any]:
+    user = auth.user_named(db, name)
+    if action == "disable" and user.name == me.name:
+        raise FarmError("an admin cannot disable themself")
+    user.disabled = action == "disable"
+    committed(db, scheduler)
+    return _user_json(user, None)
+
+
+@router.post("/tokens", status_code=201)
+def new_token(body: NewToken, db: Db, _: Admin) -> dict[str, Any]:
+    user = auth.user_named(db, body.user)
+    row, token = auth.issue(db, user, body.days)
+    db.commit()
+    return {**_token_json(row, user.name), "token": token}
+
+
+@router.get("/tokens")
+def tokens(db: Db, _: Admin) -> list[dict[str, Any]]:
+    """Every token, without its secret."""
+    query = select(Token, User.name).join(User, User.id == Token.user_id).order_by(Token.id)
+    return [_token_json(token, name) for token, name in db.execute(query)]
+
+
+@router.post("/tokens/{token_id}/revoke")
+def revoke(token_id: Annotated[int, Path_(ge=1, le=2**62)], db: Db, _: Admin) -> dict[str, Any]:
+    found = db.execute(
+        select(Token, User.name).join(User, User.id == Token.user_id).where(Token.id == token_id)
+    ).first()
+    if found is None:
+        raise FarmError(f"no token {token_id}")
+    token, name = found
+    if token.revoked_at is None:
+        token.revoked_at = now()
         db.commit()
-        scheduler.accounts_changed()
+    return _token_json(token, name)
 
-    @router.get("/users")
-    def users(db: Db, _: Admin) -> list[dict[str, Any]]:
-        day = accounts.today()
-        rows = []
-        for user in db.scalars(select(User).order_by(User.name)):
-            enrolments = list(db.scalars(select(Enrolment).where(Enrolment.user_id == user.id)))
-            rows.append(_user_json(user, accounts.current_enrolment(enrolments, day)))
-        return rows
 
-    @router.post("/users", status_code=201)
-    def add_user(body: NewUser, db: Db, _: Admin) -> dict[str, Any]:
-        user = auth.add_user(db, body.name, body.role)
-        committed(db)
-        return _user_json(user, None)
+@router.post("/enrolments")
+def add_enrolment(body: NewEnrolment, db: Db, _: Admin, scheduler: Sched) -> dict[str, Any]:
+    result = enrol(db, body)
+    committed(db, scheduler)
+    return {"user": body.user, "result": result}
 
-    @router.post("/users/{name}/{action}")
-    def set_user(
-        name: Annotated[str, Path_(max_length=64)],
-        action: Literal["disable", "enable"],
-        db: Db,
-        me: Admin,
-    ) -> dict[str, Any]:
-        user = auth.user_named(db, name)
-        if action == "disable" and user.name == me.name:
-            raise FarmError("an admin cannot disable themself")
-        user.disabled = action == "disable"
-        committed(db)
-        return _user_json(user, None)
 
-    @router.post("/tokens", status_code=201)
-    def new_token(body: NewToken, db: Db, _: Admin) -> dict[str, Any]:
-        user = auth.user_named(db, body.user)
-        row, token = auth.issue(db, user, body.days)
-        db.commit()
-        return {**_token_json(row, user.name), "token": token}
+@router.post("/enrolments/import")
+def import_enrolments(body: Roster, db: Db, _: Admin, scheduler: Sched) -> dict[str, int]:
+    counts = import_roster(db, body.csv)
+    committed(db, scheduler)
+    return counts
 
-    @router.get("/tokens")
-    def tokens(db: Db, _: Admin) -> list[dict[str, Any]]:
-        """Every token, without its secret."""
-        query = select(Token, User.name).join(User, User.id == Token.user_id).order_by(Token.id)
-        return [_token_json(token, name) for token, name in db.execute(query)]
 
-    @router.post("/tokens/{token_id}/revoke")
-    def revoke(token_id: Annotated[int, Path_(ge=1, le=2**62)], db: Db, _: Admin) -> dict[str, Any]:
-        found = db.execute(
-            select(Token, User.name)
-            .join(User, User.id == Token.user_id)
-            .where(Token.id == token_id)
-        ).first()
-        if found is None:
-            raise FarmError(f"no token {token_id}")
-        token, name = found
-        if token.revoked_at is None:
-            token.revoked_at = now()
-            db.commit()
-        return _token_json(token, name)
+@router.get("/policies")
+def policies(db: Db, _: Admin) -> list[dict[str, Any]]:
+    rows = db.scalars(select(Policy).order_by(Policy.programme, Policy.cohort, Policy.user))
+    return [_policy_json(p) for p in rows]
 
-    @router.post("/enrolments")
-    def add_enrolment(body: NewEnrolment, db: Db, _: Admin) -> dict[str, Any]:
-        result = enrol(db, body)
-        committed(db)
-        return {"user": body.user, "result": result}
 
-    @router.post("/enrolments/import")
-    def import_enrolments(body: Roster, db: Db, _: Admin) -> dict[str, int]:
-        counts = import_roster(db, body.csv)
-        committed(db)
-        return counts
+@router.put("/policies")
+def set_policy(body: PolicyChange, db: Db, _: Admin, scheduler: Sched) -> dict[str, Any]:
+    policy = change_policy(db, body)
+    committed(db, scheduler)
+    return _policy_json(policy)
 
-    @router.get("/policies")
-    def policies(db: Db, _: Admin) -> list[dict[str, Any]]:
-        rows = db.scalars(select(Policy).order_by(Policy.programme, Policy.cohort, Policy.user))
-        return [_policy_json(p) for p in rows]
 
-    @router.put("/policies")
-    def set_policy(body: PolicyChange, db: Db, _: Admin) -> dict[str, Any]:
-        policy = change_policy(db, body)
-        committed(db)
-        return _policy_json(policy)
+@router.get("/usage")
+def usage(
+    db: Db,
+    _: Admin,
+    by: Literal["user", "programme", "cohort"] = "user",
+    since: dt.date | None = None,
+    until: dt.date | None = None,
+) -> list[dict[str, Any]]:
+    return ledger.usage(db, by, _since(since), _since(until))
 
-    @router.get("/usage")
-    def usage(
-        db: Db,
-        _: Admin,
-        by: Literal["user", "programme", "cohort"] = "user",
-        since: dt.date | None = None,
-        until: dt.date | None = None,
-    ) -> list[dict[str, Any]]:
-        return ledger.usage(db, by, _since(since), _since(until))
 
-    @router.get("/usage/daily")
-    def daily(db: Db, _: Admin, since: dt.date) -> list[dict[str, Any]]:
-        return ledger.daily(db, _since(since) or dt.datetime.min)
+@router.get("/usage/daily")
+def daily(db: Db, _: Admin, since: dt.date) -> list[dict[str, Any]]:
+    return ledger.daily(db, _since(since) or dt.datetime.min)
 
-    @router.get("/standing/{name}")
-    def standing(name: Annotated[str, Path_(max_length=64)], db: Db, _: Admin) -> dict[str, Any]:
-        return accounts.standing_of(db, name).as_json()
 
-    return router
+@router.get("/standing/{name}")
+def standing(name: Annotated[str, Path_(max_length=64)], db: Db, _: Admin) -> dict[str, Any]:
+    return accounts.standing_of(db, name).as_json()
