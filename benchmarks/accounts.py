@@ -56,8 +56,10 @@ from farm.accounts import standing as accounts
 from farm.accounts.auth import add_user
 from farm.accounts.standing import Ask
 from farm.api.admin import NewEnrolment, PolicyChange, change_policy, enrol
+from farm.scheduler.admission import ACCOUNTS_EVERY
+from farm.scheduler.connect import ensure_ray
 from farm.scheduler.kinds.base import Start
-from farm.scheduler.loop import ACCOUNTS_EVERY, ORDER_EVERY, Scheduler, ensure_ray
+from farm.scheduler.loop import ORDER_EVERY, Scheduler
 from farm.store import submit
 from farm.store.states import State
 from farm.store.tables import Charge, Job, Task, open_store, session

@@ -50,9 +50,10 @@ from sqlalchemy.engine import Engine
 
 import workers.probe
 from farm.config import find_blender
+from farm.scheduler.connect import ensure_ray
 from farm.scheduler.kinds.base import Event
 from farm.scheduler.kinds.probe import ProbeJob
-from farm.scheduler.loop import Scheduler, ensure_ray
+from farm.scheduler.loop import Scheduler
 from farm.store import submit
 from farm.store.states import State
 from farm.store.tables import open_store, session

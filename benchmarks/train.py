@@ -37,7 +37,7 @@ sys.path.insert(0, str(ROOT / "examples"))
 from train_digits import data  # noqa: E402
 
 from farm.embedded.train import train_here  # noqa: E402
-from farm.scheduler.loop import ensure_ray  # noqa: E402
+from farm.scheduler.connect import ensure_ray  # noqa: E402
 from pipelines.train import TrainSpec  # noqa: E402
 
 EPOCHS, EVERY, HIDDEN, BATCH = 900, 100, 2048, 16

@@ -51,6 +51,15 @@ def farm_home() -> Path:
     return Path(os.environ.get("FARM_HOME", ".farm")).expanduser()
 
 
+STORE_FILE = "farm.db"  # the SQLite store in a farm's folder (the embedded farm's, a server's)
+
+
+def store_url(folder: Path | None = None) -> str:
+    """The SQLite store in ``folder`` (default: :func:`farm_home`), as an absolute URL: a job
+    stored from one working folder is found from any other."""
+    return f"sqlite:///{((folder or farm_home()) / STORE_FILE).absolute()}"
+
+
 def node_cpus() -> int:
     """CPUs this process may use (the affinity mask, not the machine's core count)."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1

@@ -24,7 +24,7 @@ import ray
 import sqlalchemy
 
 from farm.config import find_blender
-from farm.scheduler.loop import ensure_ray
+from farm.scheduler.connect import ensure_ray
 
 ROOT = Path(__file__).resolve().parent.parent
 BUILDER = ROOT / "examples" / "build_shot.py"

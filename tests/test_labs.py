@@ -1,10 +1,9 @@
 """A Ray cluster of lab nodes (ray.cluster_utils.Cluster): lab resources route work, a node that
-keeps failing a job's tasks is blocked for that job, uploaded scenes reach nodes by hash."""
+keeps failing a job's tasks is blocked for that job."""
 
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import pytest
 import ray
@@ -13,11 +12,9 @@ from sqlalchemy import select
 
 from farm.scheduler.loop import Scheduler
 from farm.store import submit
-from farm.store.scenes import SceneStore, digest_of
 from farm.store.tables import Attempt, Job, Task, open_store, session
 from pipelines.probe import ProbeSpec
 from pipelines.render import RenderRequest, validate
-from workers.render_slot import SceneCopy
 
 
 @pytest.fixture(scope="module")
@@ -82,29 +79,3 @@ def test_a_node_failing_three_tasks_of_a_job_is_blocked_for_it(lab_cluster, tmp_
     on_blocked = [a for a in tries if a.node == blocked]
     third = sorted(a.ended_at for a in on_blocked if a.status == "failed")[2]
     assert all(a.started_at <= third for a in on_blocked)  # nothing started there after the block
-
-
-def test_an_uploaded_scene_reaches_a_node_through_ray_and_is_cached_by_hash(
-    lab_cluster, make_scene, tmp_path
-) -> None:
-    scene = make_scene(64, 36, samples=2, frames=4)
-    digest = digest_of(scene)
-    store = SceneStore(tmp_path / "scenes")
-    upload = store.upload(digest)
-    upload.add(scene.read_bytes())
-    assert upload.finish() == scene.stat().st_size
-    assert store.resolve(f"sha256:{digest}") == (str(store.path(digest)), digest)
-
-    copy = SceneCopy(digest, [ray.put(store.path(digest).read_bytes())])
-    cache = tmp_path / "node-cache"
-
-    @ray.remote(num_cpus=1, runtime_env={"env_vars": {"FARM_CACHE": str(cache)}})
-    def fetch(copy: SceneCopy) -> tuple[str, str]:
-        first = copy.path_on_this_node()
-        again = copy.path_on_this_node()  # cached: not written twice
-        assert first == again
-        return str(first), digest_of(first)
-
-    path, fetched = ray.get(fetch.remote(copy))
-    assert fetched == digest and Path(path) == cache / "scenes" / f"{digest}.blend"
-    assert [p.name for p in (cache / "scenes").iterdir()] == [f"{digest}.blend"]  # no temp left

@@ -8,7 +8,6 @@ the job's one channel (:mod:`workers.progress`, drained by the driver), a few up
 
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 import time
@@ -42,28 +41,6 @@ class TaskResult:
     node: str = ""
 
 
-@dataclass(frozen=True)
-class SceneCopy:
-    """An uploaded scene: its sha256, and its bytes in Ray's object store (a list keeps Ray from
-    fetching them to nodes that already have the file)."""
-
-    digest: str
-    data: list[Any]
-
-    def path_on_this_node(self) -> Path:
-        """The scene in this node's cache, fetched once per node and written atomically."""
-        cache = Path(os.environ.get("FARM_CACHE", "~/.cache/farm")).expanduser() / "scenes"
-        path = cache / f"{self.digest}.blend"
-        if not path.is_file():
-            import ray
-
-            cache.mkdir(parents=True, exist_ok=True)
-            temp = path.with_suffix(f".{os.getpid()}.part")
-            temp.write_bytes(ray.get(self.data[0]))
-            os.replace(temp, path)
-        return path
-
-
 class RenderSlot:
     """Keeps Blender open on the job's scene between tasks; restarts it after a crash."""
 
@@ -72,10 +49,7 @@ class RenderSlot:
         options: SessionOptions,
         settings: dict[str, Any],
         progress: Any = None,
-        scene: SceneCopy | None = None,
     ) -> None:
-        if scene is not None and not options.scene.is_file():
-            options = replace(options, scene=scene.path_on_this_node())
         if not options.blender:  # each lab node may have its own Blender
             from farm.config import find_blender
 

@@ -23,7 +23,6 @@ from farm.store.tables import Enrolment, Job, Policy, Task, User
 ROLES = ("trainee", "instructor", "admin")
 PROGRAMMES = ("culturepreneurs", "work40", "staff")
 STATUSES = ("active", "completed", "withdrawn")
-PERIODS = ("week", "month", "enrolment")
 LIMIT_FIELDS = (
     "gpu_hours",
     "cpu_hours",

@@ -7,48 +7,21 @@ token, once.
 
 from __future__ import annotations
 
-import csv
-import datetime as dt
 import getpass
-import json
-import sys
-from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
 import click
-from rich.console import Console
-from rich.table import Table
 
 from farm.cli.client import Client
-from farm.cli.options import json_option
+from farm.cli.options import day, echo_json, json_option, print_table
+from farm.cli.usage import admin_usage, usage
 from farm.cli.views import remote
 from farm.errors import FarmError
 
 
 def _client() -> Client:
     return remote("farm admin").client
-
-
-def _echo_json(value: Any) -> None:
-    click.echo(json.dumps(value, indent=2))
-
-
-def _table(title: str, rows: list[dict[str, Any]], columns: list[str]) -> None:
-    table = Table(title=title)
-    for column in columns:
-        table.add_column(column.replace("_", " "))
-    for row in rows:
-        table.add_row(*("" if row.get(c) is None else _cell(row[c]) for c in columns))
-    Console().print(table)
-
-
-def _cell(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:,.3f}"
-    if isinstance(value, list):
-        return ", ".join(map(str, value))
-    return str(value)
 
 
 @click.group()
@@ -69,11 +42,12 @@ def admin() -> None:
 def init(data_dir: Path, db: str | None, name: str | None, as_json: bool) -> None:
     """Create the first admin of a farm and print their token (shown only this once)."""
     from farm.accounts.auth import add_user, issue
+    from farm.config import store_url
     from farm.store.tables import User, open_store, session
 
     name = name or getpass.getuser()
     data_dir.mkdir(parents=True, exist_ok=True)
-    url = db or f"sqlite:///{(data_dir / 'farm.db').absolute()}"
+    url = db or store_url(data_dir)
     with session(open_store(url)) as store:
         existing = store.query(User).filter(User.role == "admin").first()
         if existing is not None:
@@ -85,7 +59,7 @@ def init(data_dir: Path, db: str | None, name: str | None, as_json: bool) -> Non
         _, token = issue(store, user, None)
         store.commit()
     if as_json:
-        _echo_json({"user": name, "role": "admin", "token": token})
+        echo_json({"user": name, "role": "admin", "token": token})
         return
     click.echo(f"admin {name} created. Their token (shown only now; keep it secret):")
     click.echo(token)
@@ -110,7 +84,7 @@ def user_add(name: str, role: str, as_json: bool) -> None:
     """Add a user (then give them a token: farm admin token create NAME)."""
     answer = _client().post("/admin/users", {"name": name, "role": role})
     if as_json:
-        _echo_json(answer)
+        echo_json(answer)
     else:
         click.echo(f"user {name} added as {role}")
 
@@ -124,9 +98,9 @@ def user_list(as_json: bool) -> None:
     """Every user with their current enrolment."""
     rows = _client().get("/admin/users")
     if as_json:
-        _echo_json(rows)
+        echo_json(rows)
     else:
-        _table("users", rows, USER_COLUMNS)
+        print_table("users", rows, USER_COLUMNS)
 
 
 @user.command("disable")
@@ -148,7 +122,7 @@ def user_enable(name: str, as_json: bool) -> None:
 def _user_action(name: str, action: str, as_json: bool) -> None:
     answer = _client().post(f"/admin/users/{name}/{action}")
     if as_json:
-        _echo_json(answer)
+        echo_json(answer)
     else:
         click.echo(f"user {name} {action}d")
 
@@ -167,7 +141,7 @@ def token_create(name: str, days: float, no_expiry: bool, as_json: bool) -> None
     """Create a token for user NAME; it is shown only this once."""
     answer = _client().post("/admin/tokens", {"user": name, "days": None if no_expiry else days})
     if as_json:
-        _echo_json(answer)
+        echo_json(answer)
         return
     expires = answer["expires_at"] or "never"
     click.echo(f"token {answer['id']} for {name} (expires: {expires}); shown only now:")
@@ -181,10 +155,10 @@ def token_list(name: str | None, as_json: bool) -> None:
     """Tokens (of user NAME), without the secrets."""
     rows = [t for t in _client().get("/admin/tokens") if name is None or t["user"] == name]
     if as_json:
-        _echo_json(rows)
+        echo_json(rows)
     else:
         columns = ["id", "user", "hint", "created_at", "expires_at", "revoked_at"]
-        _table("tokens", rows, columns)
+        print_table("tokens", rows, columns)
 
 
 @token.command("revoke")
@@ -194,18 +168,9 @@ def token_revoke(token_id: int, as_json: bool) -> None:
     """Revoke token TOKEN_ID (see farm admin token list): it stops working at once."""
     answer = _client().post(f"/admin/tokens/{token_id}/revoke")
     if as_json:
-        _echo_json(answer)
+        echo_json(answer)
     else:
         click.echo(f"token {token_id} of {answer['user']} revoked")
-
-
-def _date(_: Any, __: Any, value: str | None) -> str | None:
-    if value is None:
-        return None
-    try:
-        return dt.date.fromisoformat(value).isoformat()
-    except ValueError:
-        raise click.BadParameter(f"{value!r} is not a date like 2026-09-01") from None
 
 
 @admin.command()
@@ -213,8 +178,8 @@ def _date(_: Any, __: Any, value: str | None) -> str | None:
 @click.argument("roster", required=False, type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--programme", type=click.Choice(["culturepreneurs", "work40", "staff"]))
 @click.option("--cohort")
-@click.option("--from", "starts", callback=_date, help="First day, e.g. 2026-09-01.")
-@click.option("--until", "ends", callback=_date, help="Last day, e.g. 2027-06-30.")
+@click.option("--from", "starts", callback=day, help="First day, e.g. 2026-09-01.")
+@click.option("--until", "ends", callback=day, help="Last day, e.g. 2027-06-30.")
 @click.option(
     "--status",
     type=click.Choice(["active", "completed", "withdrawn"]),
@@ -244,7 +209,7 @@ def enrol(
             raise FarmError(f"cannot read the roster {roster}: {error}") from None
         counts = client.post("/admin/enrolments/import", {"csv": text})
         if as_json:
-            _echo_json(counts)
+            echo_json(counts)
         else:
             click.echo(
                 f"{roster}: {counts['added']} enrolments added, {counts['updated']} updated, "
@@ -275,7 +240,7 @@ def enrol(
     }
     answer = client.post("/admin/enrolments", body)
     if as_json:
-        _echo_json(answer)
+        echo_json(answer)
     else:
         click.echo(f"{user_name} in {programme}/{cohort}, {starts} to {ends}: {answer['result']}")
 
@@ -330,9 +295,9 @@ def quota_set(
     }
     answer = _client().put("/admin/policies", {k: v for k, v in body.items() if v is not None})
     if as_json:
-        _echo_json(answer)
+        echo_json(answer)
     else:
-        _table("policy", [answer], POLICY_COLUMNS)
+        print_table("policy", [answer], POLICY_COLUMNS)
 
 
 POLICY_COLUMNS = [
@@ -355,128 +320,10 @@ def quota_show(as_json: bool) -> None:
     """Every policy."""
     rows = _client().get("/admin/policies")
     if as_json:
-        _echo_json(rows)
+        echo_json(rows)
     else:
-        _table("policies", rows, POLICY_COLUMNS)
+        print_table("policies", rows, POLICY_COLUMNS)
 
 
-@admin.command("usage")
-@click.option(
-    "--by", type=click.Choice(["user", "programme", "cohort"]), default="user", show_default=True
-)
-@click.option("--since", callback=_date, help="From this day (default: ever).")
-@click.option("--until", callback=_date, help="Before this day.")
-@click.option("--csv", "as_csv", is_flag=True, help="Print CSV instead of a table.")
-@click.option(
-    "--plot",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="Also draw GPU- and CPU-hours per day and cohort into this PNG.",
-)
-@json_option
-def admin_usage(
-    by: str,
-    since: str | None,
-    until: str | None,
-    as_csv: bool,
-    plot: Path | None,
-    as_json: bool,
-) -> None:
-    """Charged GPU- and CPU-hours by user, programme or cohort (failed attempts included)."""
-    client = _client()
-    rows = client.get("/admin/usage", by=by, since=since, until=until)
-    if plot is not None:
-        start = since or (dt.date.today() - dt.timedelta(days=30)).isoformat()
-        draw_usage(client.get("/admin/usage/daily", since=start), plot)
-    if as_json:
-        _echo_json(rows)
-    elif as_csv:
-        columns = [by, "gpu_hours", "cpu_hours", "attempts", "jobs"]
-        writer = csv.DictWriter(sys.stdout, columns, lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows)
-    else:
-        span = f" since {since}" if since else ""
-        _table(f"usage by {by}{span}", rows, [by, "gpu_hours", "cpu_hours", "attempts", "jobs"])
-    if plot is not None and not as_json:
-        click.echo(f"plot: {plot}", err=as_csv)
-
-
-def draw_usage(days: list[dict[str, Any]], path: Path) -> None:
-    """Cumulative GPU- and CPU-hours per cohort over time, one line per cohort."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    series: dict[str, list[tuple[dt.date, float, float]]] = defaultdict(list)
-    for row in days:
-        series[row["cohort"]].append(
-            (dt.date.fromisoformat(row["day"]), row["gpu_hours"], row["cpu_hours"])
-        )
-    figure, (gpu_axis, cpu_axis) = plt.subplots(2, 1, figsize=(9, 6), sharex=True)
-    for cohort, points in sorted(series.items()):
-        points.sort()
-        days_, gpu, cpu = zip(*points, strict=True)
-        gpu_axis.step(days_, _cumulative(gpu), where="post", label=cohort)
-        cpu_axis.step(days_, _cumulative(cpu), where="post", label=cohort)
-    gpu_axis.set_ylabel("GPU-hours (cumulative)")
-    cpu_axis.set_ylabel("CPU-hours (cumulative)")
-    gpu_axis.set_title("Farm usage per cohort")
-    if series:
-        gpu_axis.legend(loc="upper left", fontsize="small")
-    figure.autofmt_xdate()
-    figure.tight_layout()
-    try:
-        figure.savefig(path, dpi=100)
-    except OSError as error:
-        raise FarmError(f"cannot write the plot {path}: {error}") from None
-    finally:
-        plt.close(figure)
-
-
-def _cumulative(values: tuple[float, ...]) -> list[float]:
-    total, out = 0.0, []
-    for value in values:
-        total += value
-        out.append(total)
-    return out
-
-
-@click.command()
-@json_option
-def usage(as_json: bool) -> None:
-    """Your enrolment and quota: used, remaining, and when the period ends."""
-    me = remote("farm usage").client.get("/me")
-    if as_json:
-        _echo_json(me)
-        return
-    limits = me["limits"]
-    enrolment = me["enrolment"]
-    lines = [f"{me['user']} ({me['role']})"]
-    if enrolment:
-        lines.append(
-            f"enrolment: {enrolment['programme']}/{enrolment['cohort']}, {enrolment['from']} to "
-            f"{enrolment['until']} ({enrolment['status']})"
-        )
-    for what in ("gpu", "cpu"):
-        quota_ = limits[f"{what}_hours"]
-        used = me[f"{what}_hours_used"]
-        if quota_ is None:
-            lines.append(f"{what.upper()}-hours: {used:.3f} used (no quota)")
-        else:
-            left = me[f"{what}_hours_left"]
-            lines.append(
-                f"{what.upper()}-hours: {used:.3f} used of {quota_:g}, {left:.3f} left "
-                f"(period: {limits['period']}, ends {me['period_end'] or 'never'})"
-            )
-    if limits["max_gpus"] is not None:
-        lines.append(f"GPUs at once: {limits['max_gpus']:g}")
-    if limits["max_priority"] is not None:
-        lines.append(f"highest priority: {limits['max_priority']}")
-    if limits["labs"] is not None:
-        lines.append(f"labs: {', '.join(limits['labs'])}")
-    lines.append(f"may run work: {me['may_run']}")
-    click.echo("\n".join(lines))
-
-
+admin.add_command(admin_usage)
 COMMANDS = [admin, usage]

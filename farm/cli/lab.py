@@ -19,7 +19,7 @@ from rich.table import Table
 from farm.cli.client import Client, config_file
 from farm.cli.client import login as save_login
 from farm.cli.curves import describe
-from farm.cli.options import json_option, render_options
+from farm.cli.options import echo_json, json_option, render_options
 from farm.cli.views import Farm, connect, remote
 from farm.config import parse_memory
 from farm.errors import FarmError, RenderFailed
@@ -27,10 +27,6 @@ from pipelines.render import user_path
 
 POLL = 0.5  # seconds between reads of a watched job
 FINISHED = ("done", "failed", "cancelled")
-
-
-def _echo_json(value: Any) -> None:
-    click.echo(json.dumps(value, indent=2))
 
 
 def submission(client: Client, kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -98,7 +94,7 @@ def submit_render_command(scene: str, **kwargs: Any) -> None:
     as_json = kwargs.pop("as_json")
     job = submit_render({"scene": scene, **kwargs})
     if as_json:
-        _echo_json({"id": job, "state": "queued"})
+        echo_json({"id": job, "state": "queued"})
     else:
         click.echo(f"job {job} queued; follow it with: farm watch {job}")
 
@@ -122,7 +118,7 @@ def submit_probe(as_json: bool, lab: str | None, **kwargs: Any) -> None:
     body = {k: v for k, v in kwargs.items() if v is not None}
     job = remote("farm submit probe").client.post("/jobs/probe", body)["id"]
     if as_json:
-        _echo_json({"id": job, "state": "queued"})
+        echo_json({"id": job, "state": "queued"})
     else:
         click.echo(f"job {job} queued; follow it with: farm watch {job}")
 
@@ -175,7 +171,7 @@ def watch_job(farm: Farm, job: int, as_json: bool) -> dict[str, Any]:
     colour = "green" if info["state"] == "done" else "red"
     console.print(f"job {job}: [{colour}]{info['state']}[/]{escape(message)}", highlight=False)
     if as_json:
-        _echo_json(info)
+        echo_json(info)
     return info
 
 
@@ -196,7 +192,7 @@ def _control(verb: str, doc: str) -> click.Command:
     def command(job: int, task: str | None, as_json: bool) -> None:
         result = connect().change(verb, job, task)
         if as_json:
-            _echo_json({"id": job, "result": result})
+            echo_json({"id": job, "result": result})
         else:
             click.echo(f"job {job}: {result}")
 
@@ -223,7 +219,7 @@ def nodes(as_json: bool) -> None:
     """The Ray nodes of the lab: CPUs, GPUs, labs, and what runs on them."""
     rows = remote("farm nodes").client.get("/nodes")
     if as_json:
-        _echo_json(rows)
+        echo_json(rows)
         return
     table = Table("node", "host", "state", "CPUs", "GPUs", "labs", "running", "warm slots")
     for row in rows:
@@ -281,7 +277,7 @@ def login(url: str, token: str | None, as_json: bool) -> None:
     """Use the farm server at URL for every later command (saved in ~/.config/farm)."""
     answer = save_login(url, token)
     if as_json:
-        _echo_json(answer)
+        echo_json(answer)
     else:
         click.echo(
             f"using the farm server at {answer['url']} (farm {answer['version']}) as "
@@ -295,7 +291,7 @@ def logout(as_json: bool) -> None:
     """Forget the saved server: commands run the embedded farm again (unless FARM_URL is set)."""
     config_file().unlink(missing_ok=True)
     if as_json:
-        _echo_json({"url": None})
+        echo_json({"url": None})
     else:
         click.echo("no farm server saved; commands run the embedded farm")
 
@@ -314,7 +310,7 @@ def fetch(job: int, dest: Path, as_json: bool) -> None:
         client.download(f"/jobs/{job}/outputs/{output['frame']}", target)
         fetched.append(str(target))
     if as_json:
-        _echo_json({"id": job, "files": fetched})
+        echo_json({"id": job, "files": fetched})
     else:
         click.echo(f"job {job}: {len(fetched)} frame(s) in {dest}/")
 
@@ -358,7 +354,7 @@ def node_join(
         tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
         raise FarmError(f"ray start failed: {tail[0]}")
     if as_json:
-        _echo_json({"address": address, "labs": sorted(set(labs))})
+        echo_json({"address": address, "labs": sorted(set(labs))})
     else:
         click.echo(
             f"joined {address} as a node of {', '.join(labs) or 'no lab'}; leave with: farm node leave"
@@ -373,7 +369,7 @@ def node_leave(as_json: bool) -> None:
 
     subprocess.run([ray_cli(), "stop"], check=False, capture_output=True)
     if as_json:
-        _echo_json({"left": True})
+        echo_json({"left": True})
     else:
         click.echo("this machine left the cluster")
 

@@ -25,7 +25,7 @@ from farm.cli.lab import COMMANDS, FINISHED, POLL, submit_render, watch_job
 from farm.cli.options import render_options
 from farm.cli.train import COMMANDS as TRAIN_COMMANDS
 from farm.cli.views import Farm, RemoteFarm, connect
-from farm.config import SlotLayout, farm_home, find_blender
+from farm.config import SlotLayout, farm_home, find_blender, store_url
 from farm.errors import FarmError, RenderFailed
 from farm.frames import OutputPattern
 from pipelines.render import RenderRequest, validate
@@ -60,14 +60,15 @@ def _render(scene: str, kwargs: dict[str, Any]) -> None:
     # Stored absolute: a comp run later from another folder finds the frames (--after).
     spec = replace(spec, output=OutputPattern(os.path.abspath(spec.output.pattern)))
     layout = SlotLayout.resolve(slots, threads)
-    from farm import embedded  # Ray and the scheduler load only where a render runs here
     from farm.cli.display import JobDisplay
+    from farm.embedded import (
+        render as embedded,  # Ray and the scheduler load only where a render runs here
+    )
 
     options = embedded.RunOptions(find_blender(), layout.slots, layout.threads, stall_timeout)
-    store = f"sqlite:///{(farm_home() / 'farm.db').absolute()}"
     display = JobDisplay()
     with display:
-        summary = embedded.render(spec, options, display, store)
+        summary = embedded.render(spec, options, display, store_url())
     display.summary(summary)
     if comp is None or not summary.ok:
         _finish(summary, as_json)

@@ -1,10 +1,14 @@
-"""Options shared by several ``farm`` commands."""
+"""Options and output shared by several ``farm`` commands."""
 
 from __future__ import annotations
 
+import datetime as dt
+import json
 from typing import Any
 
 import click
+from rich.console import Console
+from rich.table import Table
 
 json_option = click.option(
     "--json", "as_json", is_flag=True, help="Print a machine-readable JSON result on stdout."
@@ -90,3 +94,36 @@ def render_options(function: Any) -> Any:
     for option in reversed(options):
         function = option(function)
     return function
+
+
+def echo_json(value: Any) -> None:
+    """What ``--json`` prints."""
+    click.echo(json.dumps(value, indent=2))
+
+
+def print_table(title: str, rows: list[dict[str, Any]], columns: list[str]) -> None:
+    """``rows`` as a table of ``columns`` (a missing value is an empty cell)."""
+    table = Table(title=title)
+    for column in columns:
+        table.add_column(column.replace("_", " "))
+    for row in rows:
+        table.add_row(*("" if row.get(c) is None else cell(row[c]) for c in columns))
+    Console().print(table)
+
+
+def cell(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:,.3f}"
+    if isinstance(value, list):
+        return ", ".join(map(str, value))
+    return str(value)
+
+
+def day(_: Any, __: Any, value: str | None) -> str | None:
+    """A click callback: a day as ISO 8601 (2026-09-01), or a one-line refusal."""
+    if value is None:
+        return None
+    try:
+        return dt.date.fromisoformat(value).isoformat()
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a date like 2026-09-01") from None

@@ -8,7 +8,7 @@ from typing import Any, Protocol
 from sqlalchemy.orm import Session
 
 from farm.cli.client import Client, server_url
-from farm.config import farm_home
+from farm.config import STORE_FILE, farm_home, store_url
 from farm.errors import FarmError, NotFound
 from farm.store import queries
 from farm.store.tables import open_store, session
@@ -32,11 +32,9 @@ class LocalFarm:
     """The embedded farm's store, read only: its jobs ran (or run) in a ``farm render``."""
 
     def __init__(self) -> None:
-        path = farm_home() / "farm.db"
         # Nothing is created just to be read: before the first job there is no store.
-        self.db: Session | None = (
-            session(open_store(f"sqlite:///{path.absolute()}")) if path.exists() else None
-        )
+        exists = (farm_home() / STORE_FILE).exists()
+        self.db: Session | None = session(open_store(store_url())) if exists else None
 
     def _store(self, job: int) -> Session:
         if self.db is None:

@@ -3,23 +3,18 @@ mode), with the frames shown as they are made."""
 
 from __future__ import annotations
 
-import functools
 import getpass
 from collections.abc import Callable
 from typing import Any
 
-from sqlalchemy.engine import Engine
-
-from farm.config import farm_home
-from farm.embedded.render import end_orphans, run_here
+from farm.embedded.runner import Here, store_engine
 from farm.errors import FarmError
 from farm.scheduler.kinds import comp as comp_job
 from farm.scheduler.kinds.base import Event
-from farm.scheduler.loop import Scheduler, ensure_ray
 from farm.store import submit
 from farm.store.queries import comp_outputs
 from farm.store.states import State
-from farm.store.tables import Job, open_store, session
+from farm.store.tables import Job, session
 from pipelines.comp import CompSpec
 from pipelines.render import user_path
 
@@ -27,7 +22,7 @@ from pipelines.render import user_path
 def check_here(data: dict[str, Any], after: list[int]) -> CompSpec:
     """A comp for this machine checked before anything starts: its spec, its files, and the jobs
     of this machine's store it runs after, which must be done already (nothing else runs them)."""
-    db = session(_engine(_store_url()))
+    db = session(store_engine())
     for job_id in after:
         row = db.get(Job, job_id)
         if row is None:
@@ -50,26 +45,12 @@ def comp_here(
 ) -> dict[str, Any]:
     """Run a checked comp (:func:`check_here`) to its end on this machine's Ray; returns what
     ``--json`` prints."""
-    ensure_ray()
-    scheduler = Scheduler(_engine(_store_url()))
-    end_orphans(scheduler.db)
-    job_id = submit.comp_job(scheduler.db, spec, getpass.getuser(), priority, after)
-    if on_event is not None:
-        scheduler.listeners.append(lambda event: event.job == job_id and on_event(event))
-    job = run_here(scheduler, job_id)
+    here = Here(store_engine())
+    job_id = submit.comp_job(here.db, spec, getpass.getuser(), priority, after)
+    job = here.run(job_id, on_event)
     return {
         "id": job_id,
         "state": job.state.value,
         "message": job.reason,
-        "outputs": comp_outputs(scheduler.db, job_id),
+        "outputs": comp_outputs(here.db, job_id),
     }
-
-
-def _store_url() -> str:
-    return f"sqlite:///{(farm_home() / 'farm.db').absolute()}"
-
-
-@functools.cache
-def _engine(url: str) -> Engine:
-    """The store, opened (and migrated) once a process: checking and running share it."""
-    return open_store(url)

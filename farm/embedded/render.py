@@ -13,20 +13,17 @@ import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import ray
-from sqlalchemy import select
-from sqlalchemy.orm import Session
 
+from farm.embedded.runner import Here
 from farm.errors import FarmError
-from farm.scheduler.kinds.base import ActiveJob, Event
+from farm.scheduler.connect import ensure_ray
+from farm.scheduler.kinds.base import Event
 from farm.scheduler.kinds.render import RenderJob
-from farm.scheduler.loop import Scheduler, ensure_ray
-from farm.store import states, submit
-from farm.store.states import Ending, State
-from farm.store.tables import Job, open_store
+from farm.store import submit
+from farm.store.states import State
 from pipelines.render import RenderSpec
 
 
@@ -104,62 +101,6 @@ def check_cluster(slots: int, threads: int, gpu: bool, device: str) -> None:
         )
 
 
-def _running(pid: int) -> bool:
-    """Whether ``pid`` is still a farm process on this machine."""
-    try:
-        return b"farm" in Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return False
-
-
-def end_orphans(db: Session) -> None:
-    """Jobs of earlier embedded renders on this machine whose process is gone (killed, the machine
-    restarted) end failed, their attempts lost: nothing would ever run them, and a job must not
-    look running for ever."""
-    host = socket.gethostname()
-    unfinished = [s.value for s in State if not s.finished]
-    for job in db.scalars(select(Job).where(Job.state.in_(unfinished))).all():
-        run = job.spec.get("run", {})
-        if run.get("host") != host or not run.get("pid") or _running(run["pid"]):
-            continue
-        abandon(db, job, f"the farm render that ran it (pid {run['pid']}) stopped")
-
-
-def abandon(db: Session, job: Job, reason: str, interrupted: bool = False) -> None:
-    """End a job nobody will run any more: attempts left running are lost, waiting tasks end with
-    the job (cancelled when the user interrupted it, else failed)."""
-    db.rollback()
-    db.expire_all()
-    ended = State.CANCELLED if interrupted or job.state not in _ACTIVE else State.FAILED
-    tasks = [Scheduler.ref(t) for t in job.tasks]
-    lost = [t for t in tasks if t.state is State.RUNNING]
-    states.end(db, [Ending(t, State.QUEUED, attempt_status="lost") for t in lost])
-    waiting = [t for t in tasks if t.state in (State.QUEUED, State.PAUSED, State.HELD)]
-    states.move(db, waiting, ended if ended is State.CANCELLED else State.FAILED, reason)
-    if not State(job.state).finished:
-        states.move_job(db, job, ended, reason)
-
-
-_ACTIVE = (State.QUEUED, State.RUNNING)
-
-
-def run_here(scheduler: Scheduler, job_id: int) -> ActiveJob:
-    """Run the scheduler's loop in this process until ``job_id`` ends. Ctrl-C or an error ends the
-    job (cancelled or failed) with nothing left running, and no waiting on busy slots."""
-    try:
-        job = scheduler.run_until_finished(job_id)
-    except BaseException as error:
-        scheduler.close(graceful=False)
-        row = scheduler.db.get(Job, job_id)
-        if row is not None:
-            interrupted = isinstance(error, KeyboardInterrupt)
-            reason = "interrupted" if interrupted else str(error) or type(error).__name__
-            abandon(scheduler.db, row, reason, interrupted)
-        raise
-    scheduler.close()
-    return job
-
-
 def render(
     spec: RenderSpec,
     options: RunOptions,
@@ -173,9 +114,7 @@ def render(
     ensure_ray()
     device = spec.overrides.get("device", "CPU")
     check_cluster(options.slots, options.threads, device != "CPU", device)
-    engine = open_store(store or "sqlite://")
-    scheduler = Scheduler(engine, options.blender)
-    end_orphans(scheduler.db)
+    here = Here(store or "sqlite://", blender=options.blender)
     run = {
         "threads": options.threads,
         "slots": options.slots,
@@ -183,19 +122,16 @@ def render(
         "host": socket.gethostname(),
         "pid": os.getpid(),  # who runs it: a later farm render ends it if this process is gone
     }
-    job_id = submit.render(scheduler.db, spec, run, owner or getpass.getuser())
+    job_id = submit.render(here.db, spec, run, owner or getpass.getuser())
     summary.job = job_id
 
     def listen(event: Event) -> None:
-        if event.job != job_id:
-            return
         if event.kind == "started" and not summary.startup_seconds:
             summary.startup_seconds = time.monotonic() - started
         if on_event is not None:
             on_event(event)
 
-    scheduler.listeners.append(listen)
-    job = run_here(scheduler, job_id)
+    job = here.run(job_id, listen)
     assert isinstance(job, RenderJob)
     if job.plan is None:  # refused once Blender had the scene: bad input, not a failed render
         raise FarmError(job.reason)

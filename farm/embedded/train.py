@@ -9,15 +9,14 @@ from collections.abc import Callable
 from typing import Any
 
 from farm.config import farm_home
-from farm.embedded.render import end_orphans, run_here
+from farm.embedded.runner import Here
 from farm.errors import FarmError
 from farm.scheduler.kinds.base import Event
 from farm.scheduler.kinds.train import TrainJob, run_name
-from farm.scheduler.loop import Scheduler, ensure_ray
 from farm.store import submit
 from farm.store.queries import job_metrics
 from farm.store.states import State
-from farm.store.tables import Job, open_store
+from farm.store.tables import Job
 from pipelines.train import TrainSpec
 
 
@@ -29,11 +28,8 @@ def train_here(
 ) -> dict[str, Any]:
     """Run a training job to its end on this machine's Ray (or ``resume`` a stopped one from its
     latest checkpoint); returns what ``--json`` prints."""
-    ensure_ray()
-    home = farm_home()
-    engine = open_store(f"sqlite:///{(home / 'farm.db').absolute()}")
-    scheduler = Scheduler(engine, storage=home / "train")
-    end_orphans(scheduler.db)
+    here = Here(storage=farm_home() / "train")
+    scheduler = here.scheduler
     if resume is not None:
         row = scheduler.db.get(Job, resume)
         if row is None or row.kind != "train":
@@ -48,11 +44,10 @@ def train_here(
         job_id = submit.train_job(scheduler.db, spec, getpass.getuser(), priority)
 
     def listen(event: Event) -> None:
-        if event.job == job_id and event.kind == "metric" and on_metric is not None:
+        if event.kind == "metric" and on_metric is not None:
             on_metric(json.loads(event.message))
 
-    scheduler.listeners.append(listen)
-    job = run_here(scheduler, job_id)
+    job = here.run(job_id, listen)
     assert isinstance(job, TrainJob)
     return {
         "id": job_id,

@@ -102,7 +102,6 @@ class SlotPool:
         self.blender = blender
         self.progress = progress
         self.slots: list[Slot] = []
-        self._scenes: dict[str, Any] = {}  # digest → the uploaded scene's bytes in Ray's store
 
     def create(self, profile: SlotProfile, avoid: set[str] | frozenset[str] = frozenset()) -> Slot:
         """Start a slot (placed by Ray, never on a node in ``avoid``); it opens in the background."""

@@ -169,17 +169,23 @@ def job_events(db: Session, job_id: int, after: int = 0, limit: int = 1000) -> l
 def job_outputs(db: Session, job_id: int) -> list[dict[str, Any]]:
     """The frames of the job on disk now: the last write of each frame whose file is still there."""
     _job(db, job_id)
+    return [
+        {"frame": frame, "path": path, "bytes": Path(path).stat().st_size}
+        for frame, path in sorted(written_frames(db, job_id).items())
+        if Path(path).is_file()
+    ]
+
+
+def written_frames(db: Session, job_id: int) -> dict[int, str]:
+    """The frames a job wrote, from the store's ``written`` events: frame → path of its last
+    write. What a restart does not render again, a comp after the job reads, ``farm fetch``
+    serves."""
     rows = db.execute(
         select(Event.frame, Event.message)
         .where(Event.job_id == job_id, Event.kind == "written")
         .order_by(Event.id)
     )
-    latest = {frame: path for frame, path in rows}
-    return [
-        {"frame": frame, "path": path, "bytes": Path(path).stat().st_size}
-        for frame, path in sorted(latest.items())
-        if Path(path).is_file()
-    ]
+    return {frame: path for frame, path in rows}
 
 
 def job_metrics(db: Session, job_id: int) -> list[dict[str, Any]]:

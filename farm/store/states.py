@@ -80,6 +80,11 @@ class TaskRef:
     payload: dict[str, Any] = field(default_factory=dict)
     failures: int = 0  # attempts that failed (lost ones, cut short by a server stop, are not)
 
+    @classmethod
+    def of(cls, row: Task) -> TaskRef:
+        """What to keep of a stored task."""
+        return cls(row.id, row.job_id, row.key, State(row.state), row.attempts, row.payload)
+
 
 @dataclass(frozen=True, slots=True)
 class Ending:

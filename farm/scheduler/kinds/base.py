@@ -1,21 +1,30 @@
-"""What the scheduler holds of a job while it is not finished: its queued tasks in order, its
-retry budget, the nodes blocked for it, and the kind-specific steps (:mod:`farm.render_job`,
-:mod:`farm.probe_job`)."""
+"""What the scheduler holds of a job while it is not finished, and the narrow interface between
+the loop and the job kinds.
+
+An :class:`ActiveJob` keeps a job's queued tasks in order, its retry budget and the nodes blocked
+for it; each kind (one module beside this one, registered by name in :mod:`.registry`) says how its
+tasks are placed and sent and what their results do, through hooks the loop calls: the loop never
+asks which kind a job is. A kind asks the loop only through :class:`Loop` (the store session,
+events, the cluster's capacity, room, slots, the writer pool) and never imports the loop.
+"""
 
 from __future__ import annotations
 
 import collections
 import functools
+from concurrent.futures import Executor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
+from pathlib import Path
+from typing import Any, ClassVar, Protocol
 
+from sqlalchemy.orm import Session
+
+from farm.scheduler.capacity import Capacity
+from farm.scheduler.slots import Slot, SlotPool, SlotProfile
 from farm.store.ledger import Bill, Use
 from farm.store.states import State, TaskRef
 from farm.store.tables import Job
-
-if TYPE_CHECKING:
-    from farm.scheduler.loop import Scheduler
-    from farm.scheduler.slots import Slot
+from farm.tiling.assemble import BufferPool
 
 _QUOTA_KEYS: dict[tuple[str, tuple[float, float, float | None]], int] = {}
 _RUNNABLE = frozenset({State.QUEUED.value, State.RUNNING.value})
@@ -33,6 +42,15 @@ class Start:
     held: dict[str, float] | None = None  # what the scheduler's capacity holds while it runs
 
 
+@dataclass(slots=True)
+class Flight:
+    """A start sent to Ray, until its result is back."""
+
+    start: Start
+    seq: int  # dispatch order: a slot runs its tasks in this order
+    sent: float  # when (epoch seconds) it was sent to Ray
+
+
 @dataclass(frozen=True)
 class Event:
     """What a display or a watcher learns about a running job."""
@@ -46,10 +64,54 @@ class Event:
     plan: Any = None
 
 
+class Loop(Protocol):
+    """What a job kind may ask of the scheduler's loop, on the loop's own thread."""
+
+    db: Session  # the loop's store session: the only writer of states
+    capacity: Capacity  # what the cluster has, and what the loop's tasks and slots hold of it
+    writer: Executor  # frames are written here, so the loop never waits on a disk
+    buffers: BufferPool  # frame buffers reused across assemblies
+    storage: Path  # training runs' results and checkpoints, one folder a job
+
+    @property
+    def pool(self) -> SlotPool:
+        """The warm render slots."""
+        ...
+
+    @property
+    def progress(self) -> Any:
+        """The progress channel (an actor) that tasks report through."""
+        ...
+
+    def emit(self, event: Event) -> None:
+        """Tell the loop's listeners (a display, a watcher)."""
+
+    def make_room(self, job: ActiveJob, need: dict[str, float]) -> bool:
+        """Whether ``need`` fits now, once idle slots no job ahead of ``job`` wants are ended."""
+        ...
+
+    def grow(self, job: ActiveJob, profile: SlotProfile) -> Slot | None:
+        """Start another slot of ``profile`` for ``job``, if there is room."""
+        ...
+
+    def refuse(self, job: ActiveJob, reason: str) -> None:
+        """End a job its inputs refuse (at planning) as failed, before any task runs."""
+
+
 class ActiveJob:
     """A job in the scheduler. Subclasses say how its tasks are placed and what their results do."""
 
     kind: ClassVar[str]
+    # What each task of the job takes of the cluster, where that is all the loop needs to know to
+    # pass over a job with no room this turn (a probe): None for kinds that place with more care.
+    share: dict[str, float] | None = None
+    profile: SlotProfile | None = None  # the slots a job that renders on warm slots runs on
+    time_limit: float | None = None  # seconds an attempt may run before the farm stops it
+
+    @classmethod
+    def take_up(cls, loop: Loop, row: Job, tasks: list[TaskRef]) -> ActiveJob:
+        """The stored job made active (on submission, or after a restart)."""
+        return cls(row, tasks)  # type: ignore[call-arg]  # kinds whose __init__ needs no more
 
     def __init__(self, row: Job, tasks: list[TaskRef], retries: int) -> None:
         self.row = row
@@ -70,7 +132,6 @@ class ActiveJob:
         self.cancelling = False  # the whole job was cancelled: its running tasks end cancelled
         self.cancel_keys: set[str] = set()  # running tasks cancelled one by one
         self.reason = ""  # why the job ended, when it did not end done
-        self.reported = 0  # metric rows a training run reported so far
         self.overtime: dict[str, str] = {}  # tasks the farm stopped at their time limit, and why
 
     @property
@@ -131,11 +192,11 @@ class ActiveJob:
         """A task queued again by hand: what its earlier failures left behind no longer counts."""
         task.failures = 0
 
-    def place(self, scheduler: Scheduler, starts: list[Start], room: float) -> None:
+    def place(self, loop: Loop, starts: list[Start], room: float) -> None:
         """Add starts for at most ``room`` tasks (what the owner's account allows now)."""
         raise NotImplementedError
 
-    def launch(self, scheduler: Scheduler, start: Start) -> Any:
+    def launch(self, loop: Loop, start: Start) -> Any:
         """Send the task to Ray; returns the ObjectRef of its result."""
         raise NotImplementedError
 
@@ -143,16 +204,35 @@ class ActiveJob:
         """The Ray node a successful result came from."""
         return getattr(result, "node", "")
 
-    def succeeded(self, scheduler: Scheduler, task: TaskRef, result: Any) -> None:
+    def succeeded(self, loop: Loop, task: TaskRef, result: Any) -> None:
         """Act on a finished task's result (its DONE is already in the store)."""
 
-    def failed_for_good(self, scheduler: Scheduler, task: TaskRef, reason: str) -> None:
+    def failed_for_good(self, loop: Loop, task: TaskRef, reason: str) -> None:
         """A task whose retries are spent (its FAILED is already in the store)."""
 
     @property
     def busy(self) -> bool:
-        """Work of the job that is neither queued nor running (frames being written)."""
+        """Work of the job that is neither queued nor running (frames being written): the loop
+        calls :meth:`settle` on every turn while there is some."""
         return False
+
+    def settle(self, loop: Loop) -> None:
+        """Record the busy work that has finished (frames on disk)."""
+
+    @property
+    def wants_slots(self) -> bool:
+        """Whether the job has work for slots of its :attr:`profile` (idle ones stay open)."""
+        return self.profile is not None and (bool(self.queued) or not self.has_plan)
+
+    def slot_opened(self, loop: Loop, info: dict[str, Any]) -> None:
+        """A slot of the job's :attr:`profile` opened its scene; ``info`` is what it reported."""
+
+    def slot_failed(self, loop: Loop, blender_refused: str | None) -> None:
+        """A slot of the job's :attr:`profile` could not start: Blender refused the scene (its
+        reason), or Ray lost the slot (None)."""
+
+    def metrics(self, loop: Loop, rows: list[dict[str, Any]]) -> None:
+        """Rows the job's task reported through the progress channel (training runs)."""
 
     def outcome(self) -> tuple[State, str]:
         """The job's end once nothing is queued, running or busy."""
@@ -161,5 +241,5 @@ class ActiveJob:
             return State.FAILED, f"{failed} of {len(self.tasks)} tasks failed"
         return State.DONE, ""
 
-    def close(self, scheduler: Scheduler) -> None:
+    def close(self, loop: Loop) -> None:
         """The job left the scheduler: free what it held."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import ray
 from sqlalchemy import select
@@ -19,18 +19,15 @@ from sqlalchemy.orm import Session
 from farm.errors import FarmError
 from farm.frames import OutputPattern
 from farm.labs import LAB_SHARE, avoiding, lab_resource
-from farm.scheduler.kinds.base import ActiveJob, Event, Start
-from farm.scheduler.kinds.render import written_frames
+from farm.scheduler.kinds.base import ActiveJob, Event, Loop, Start
 from farm.store import states
+from farm.store.queries import written_frames
 from farm.store.states import State, TaskRef
 from farm.store.tables import Event as StoreEvent
 from farm.store.tables import Job, Task
 from pipelines import comp
 from pipelines.comp import CompPlan, CompSpec
 from workers.comp import bake_preview, frame_task, header, review_task
-
-if TYPE_CHECKING:
-    from farm.scheduler.loop import Scheduler
 
 CPUS = 1.0  # a comp frame is numpy and OpenImageIO on one core
 # Baking a preview costs about 3 s of OCIO on two cores (10 million evaluations); OCIO's own
@@ -71,16 +68,16 @@ class CompJob(ActiveJob):
     def needs(self) -> dict[str, float]:
         return self.resources
 
-    def place(self, scheduler: Scheduler, starts: list[Start], room: float) -> None:
-        if self.plan is None and not self._plan_now(scheduler):
+    def place(self, loop: Loop, starts: list[Start], room: float) -> None:
+        if self.plan is None and not self._plan_now(loop):
             return
-        while self.queued and room > 0 and scheduler.make_room(self, self.resources):
+        while self.queued and room > 0 and loop.make_room(self, self.resources):
             if self.queued[0].key == comp.REVIEW and not self._frames_done:
                 if len(self.queued) == 1:
                     return  # the review waits for every frame
                 self.queued.rotate(-1)  # frames retried behind it go first
                 continue
-            scheduler.capacity.hold(self.resources)
+            loop.capacity.hold(self.resources)
             task = self.queued.popleft()
             starts.append(Start(self, task, None, self.resources, self.resources))
             room -= 1
@@ -89,14 +86,14 @@ class CompJob(ActiveJob):
     def _frames_done(self) -> bool:
         return all(t.state is State.DONE for k, t in self.tasks.items() if k != comp.REVIEW)
 
-    def _plan_now(self, scheduler: Scheduler) -> bool:
+    def _plan_now(self, loop: Loop) -> bool:
         """Check the files and create the tasks; a job its files refuse fails before it runs."""
         try:
-            plan = comp.inspect(self.spec, header, after_source(scheduler.db, self.row.depends_on))
+            plan = comp.inspect(self.spec, header, after_source(loop.db, self.row.depends_on))
         except FarmError as error:
-            scheduler.refuse(self, str(error))
+            loop.refuse(self, str(error))
             return False
-        db = scheduler.db
+        db = loop.db
         rows = [
             Task(job_id=self.id, key=key, state=State.QUEUED.value, payload=payload)
             for key, payload in comp.expand(plan)
@@ -107,8 +104,8 @@ class CompJob(ActiveJob):
         stored.plan = self.row.plan = plan.as_json()
         db.commit()
         self.plan = plan
-        self.add_tasks([scheduler.ref(r) for r in rows])
-        scheduler.emit(Event("planned", self.id, plan=plan))
+        self.add_tasks([TaskRef.of(r) for r in rows])
+        loop.emit(Event("planned", self.id, plan=plan))
         return True
 
     def preview(self) -> Any:
@@ -132,7 +129,7 @@ class CompJob(ActiveJob):
             _BAKES[key] = _bake.options(num_cpus=1).remote(*key)
         return _BAKES[key]
 
-    def launch(self, scheduler: Scheduler, start: Start) -> Any:
+    def launch(self, loop: Loop, start: Start) -> Any:
         assert self.plan is not None
         options: dict[str, Any] = {"num_cpus": CPUS}
         if self.lab:
@@ -153,21 +150,21 @@ class CompJob(ActiveJob):
             return float(outcome["began"])
         return getattr(getattr(outcome, "cause", None), "began", 0.0)
 
-    def succeeded(self, scheduler: Scheduler, task: TaskRef, result: dict[str, Any]) -> None:
+    def succeeded(self, loop: Loop, task: TaskRef, result: dict[str, Any]) -> None:
         """Record what the task wrote: a frame's EXR is a ``written`` frame (``farm fetch``)."""
         self.outputs[task.key] = result["paths"]
         frame = result["frame"]
         for path in result["paths"]:
             kind = "written" if frame is not None and path.endswith(".exr") else "output"
-            scheduler.db.add(StoreEvent(job_id=self.id, kind=kind, frame=frame, message=path))
-            scheduler.emit(Event(kind, self.id, task.key, frame, message=path))
-        scheduler.db.commit()
+            loop.db.add(StoreEvent(job_id=self.id, kind=kind, frame=frame, message=path))
+            loop.emit(Event(kind, self.id, task.key, frame, message=path))
+        loop.db.commit()
 
-    def failed_for_good(self, scheduler: Scheduler, task: TaskRef, reason: str) -> None:
+    def failed_for_good(self, loop: Loop, task: TaskRef, reason: str) -> None:
         """A frame that failed for good leaves the review nothing whole to show."""
         review = self.tasks.get(comp.REVIEW)
         if task.key != comp.REVIEW and review is not None and review.state is State.QUEUED:
-            states.move(scheduler.db, [review], State.FAILED, f"no review: {task.key} failed")
+            states.move(loop.db, [review], State.FAILED, f"no review: {task.key} failed")
             self.queued.remove(review)
 
 

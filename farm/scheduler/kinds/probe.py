@@ -3,20 +3,17 @@
 from __future__ import annotations
 
 import functools
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import ray
 
 from farm.labs import avoiding
-from farm.scheduler.kinds.base import ActiveJob, Start
+from farm.scheduler.kinds.base import ActiveJob, Loop, Start
 from farm.store.states import TaskRef
 from farm.store.tables import Job
 from pipelines import probe
 from pipelines.probe import ProbeSpec
 from workers.probe import probe as probe_task
-
-if TYPE_CHECKING:
-    from farm.scheduler.loop import Scheduler
 
 # Tasks sent ahead per CPU's worth of capacity: short tasks need many in flight to keep Ray busy,
 # long ones only one behind the running one, so a higher-priority job never waits behind a deep
@@ -51,14 +48,14 @@ class ProbeJob(ActiveJob):
     def size(self) -> tuple[float, float, float | None]:
         return self.spec.gpus, self.spec.cpus, self.spec.seconds
 
-    def place(self, scheduler: Scheduler, starts: list[Start], room: float) -> None:
+    def place(self, loop: Loop, starts: list[Start], room: float) -> None:
         share = self.share
-        while self.queued and room > 0 and scheduler.capacity.fits(share):
-            scheduler.capacity.hold(share)
+        while self.queued and room > 0 and loop.capacity.fits(share):
+            loop.capacity.hold(share)
             starts.append(Start(self, self.queued.popleft(), None, self.resources, share))
             room -= 1
 
-    def launch(self, scheduler: Scheduler, start: Start) -> Any:
+    def launch(self, loop: Loop, start: Start) -> Any:
         return self._function().remote(self.spec.seconds, start.task.attempts, self.spec.fail_first)
 
     def _function(self) -> Any:

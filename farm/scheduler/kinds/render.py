@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import math
 from concurrent.futures import Future
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from sqlalchemy import select
-
-from farm.scheduler.kinds.base import ActiveJob, Event, Start
+from farm.errors import FarmError
+from farm.scheduler.kinds.base import ActiveJob, Event, Loop, Start
 from farm.scheduler.slots import SlotProfile
 from farm.store import states
+from farm.store.queries import written_frames
 from farm.store.states import State, TaskRef
 from farm.store.tables import Event as StoreEvent
 from farm.store.tables import Job, Task
@@ -26,16 +26,15 @@ from pipelines import render
 from pipelines.render import JobPlan, RenderSpec, RenderTask
 from workers.render_slot import FrameOutput, TaskResult
 
-if TYPE_CHECKING:
-    from farm.scheduler.loop import Scheduler
-
 # Tasks queued on one slot: the next task waits in the actor's mailbox, so a slot never idles for
 # a driver round trip between two tasks.
 SLOT_DEPTH = 2
+SLOT_START_FAILURES = 3  # slots of a job that fail to start in a row before its tasks fail
 
 
 class RenderJob(ActiveJob):
     kind = "render"
+    profile: SlotProfile  # always: the slots its tasks render on
 
     def __init__(self, row: Job, tasks: list[TaskRef], written: dict[int, str]) -> None:
         self.spec = RenderSpec.from_json(row.spec)
@@ -58,6 +57,17 @@ class RenderJob(ActiveJob):
             render.blender_settings(self.spec, self.spec.format != "exr", self._slot_guess)
         )
         self.planning = False  # a slot is opening the scene for this job
+        self.start_failures = 0  # slots that failed to start in a row
+
+    @classmethod
+    def take_up(cls, loop: Loop, row: Job, tasks: list[TaskRef]) -> RenderJob:
+        """A planned job is planned again from what its scene reported (stored with the job), and
+        tasks whose frames never reached the disk render again."""
+        job = cls(row, tasks, written_frames(loop.db, row.id))
+        if row.plan is not None:
+            job.planned(loop, row.plan)
+            job.recover(loop)
+        return job
 
     @property
     def _slot_guess(self) -> int:
@@ -89,12 +99,12 @@ class RenderJob(ActiveJob):
 
     # Planning: what Blender says of the scene fixes frames, formats and tiles.
 
-    def planned(self, scheduler: Scheduler, info: dict[str, Any]) -> None:
+    def planned(self, loop: Loop, info: dict[str, Any]) -> None:
         """Plan the job from the scene info a slot reported; create its tasks on first planning."""
         plan = render.plan(self.spec, info, self._slot_guess)
         self.plan = plan
         self.profile = self._profile(plan.settings)
-        db = scheduler.db
+        db = loop.db
         if self.row.plan is None:
             chunks = plan.chunks()
             if self.spec.tiles.kind in ("grid", "size"):
@@ -115,28 +125,28 @@ class RenderJob(ActiveJob):
             stored.plan = info
             db.commit()
             self.row.plan = info
-            self.add_tasks([scheduler.ref(r) for r in rows])
-        scheduler.emit(Event("planned", self.id, plan=plan))
+            self.add_tasks([TaskRef.of(r) for r in rows])
+        loop.emit(Event("planned", self.id, plan=plan))
 
-    def recover(self, scheduler: Scheduler) -> None:
+    def recover(self, loop: Loop) -> None:
         """After a restart: tasks whose frames never reached the disk render again."""
         again = [
             t
             for t in self.tasks.values()
             if t.state is State.DONE and not set(t.payload["frames"]) <= self.written.keys()
         ]
-        states.move(scheduler.db, again, State.QUEUED, "its frame was not written before the stop")
+        states.move(loop.db, again, State.QUEUED, "its frame was not written before the stop")
         for task in sorted(again, key=lambda t: t.id, reverse=True):
             self.requeue(task)
 
     # Placing tasks on slots.
 
-    def place(self, scheduler: Scheduler, starts: list[Start], room: float) -> None:
-        pool = scheduler.pool
+    def place(self, loop: Loop, starts: list[Start], room: float) -> None:
+        pool = loop.pool
         if self.plan is None:
-            self._plan_from_pool(scheduler)
+            self._plan_from_pool(loop)
             if self.plan is None:
-                if not self.planning and scheduler.grow(self, self.profile) is not None:
+                if not self.planning and loop.grow(self, self.profile) is not None:
                     self.planning = True
                 return
         if self.queued:  # first the slots the work wants: an auto still splits across them all
@@ -144,31 +154,64 @@ class RenderJob(ActiveJob):
             wanted = min(self.max_slots or math.inf, self.in_flight + room)
             if self.spec.tiles.kind != "auto":
                 wanted = min(wanted, len(self.queued))
-            while mine < wanted and scheduler.grow(self, self.profile) is not None:
+            while mine < wanted and loop.grow(self, self.profile) is not None:
                 mine += 1
         opening = sum(1 for s in pool.of(self.profile) if not s.ready)
         usable = pool.usable(self.profile, self.blocked, SLOT_DEPTH)
         while self.queued and usable and room > 0:
             free = opening + sum(1 for s in usable if s.load == 0)
-            task = self._next(scheduler, free)
+            task = self._next(loop, free)
             slot = min(usable, key=lambda s: s.load)
             slot.load += 1
             starts.append(Start(self, task, slot, self.profile.resources))
             usable = [s for s in usable if s.load < SLOT_DEPTH]
             room -= 1
 
-    def _plan_from_pool(self, scheduler: Scheduler) -> None:
+    def _plan_from_pool(self, loop: Loop) -> None:
         """A slot already open on the same scene file knows what planning needs."""
-        for slot in scheduler.pool.slots:
+        for slot in loop.pool.slots:
             same = (slot.profile.scene, slot.profile.stamp) == (
                 self.profile.scene,
                 self.profile.stamp,
             )
             if same and slot.ready:
-                scheduler.plan_job(self, slot.info)
+                self._plan(loop, slot.info)
                 return
 
-    def _next(self, scheduler: Scheduler, free_slots: int) -> TaskRef:
+    def _plan(self, loop: Loop, info: dict[str, Any]) -> None:
+        """Plan from scene info; a job the scene refuses fails before it runs."""
+        try:
+            self.planned(loop, info)
+        except FarmError as error:
+            loop.refuse(self, str(error))
+
+    def slot_opened(self, loop: Loop, info: dict[str, Any]) -> None:
+        self.start_failures = 0
+        if self.plan is None:
+            self._plan(loop, info)
+        self.planning = False
+
+    def slot_failed(self, loop: Loop, blender_refused: str | None) -> None:
+        """Before planning, Blender's refusal of the scene fails the job; after, slots that keep
+        failing to start (Blender missing on a node, say) fail the job's rest."""
+        if blender_refused is None:  # Ray lost the slot: another will be started
+            self.planning = False
+            return
+        if self.plan is None:
+            loop.refuse(self, blender_refused)
+            return
+        self.start_failures += 1
+        if self.start_failures < SLOT_START_FAILURES:
+            return
+        reason = f"no render slot could start: {blender_refused}"
+        stuck = list(self.queued)
+        self.queued.clear()
+        states.move(loop.db, stuck, State.FAILED, reason)
+        for task in stuck:
+            self.failed_for_good(loop, task, reason)
+            loop.emit(Event("failed", self.id, task.key, task.payload["frames"][0], message=reason))
+
+    def _next(self, loop: Loop, free_slots: int) -> TaskRef:
         """The next task; with ``--tiles auto``, the last few frames split to fill free slots."""
         assert self.plan is not None
         task = self.queued.popleft()
@@ -182,7 +225,7 @@ class RenderJob(ActiveJob):
             return task
         frame = task.payload["frames"][0]
         tiles = self.plan.tile_tasks(frame, self.plan.tile_plan(count))
-        db = scheduler.db
+        db = loop.db
         stored = db.get(Task, task.id)
         db.delete(stored)  # the frame's task never ran: its tiles replace it
         rows = [
@@ -197,7 +240,7 @@ class RenderJob(ActiveJob):
         db.add_all(rows)
         db.commit()
         del self.tasks[task.key]
-        refs = [scheduler.ref(r) for r in rows]
+        refs = [TaskRef.of(r) for r in rows]
         self.tasks.update((r.key, r) for r in refs)
         self.tiled_frames += 1
         self.queued.extendleft(reversed(refs[1:]))
@@ -212,7 +255,7 @@ class RenderJob(ActiveJob):
         tile_plan = self.plan.tile_plan(task.payload.get("split"))
         return self.plan.tile_tasks(frames[0], tile_plan)[task.payload["tile"]]
 
-    def launch(self, scheduler: Scheduler, start: Start) -> Any:
+    def launch(self, loop: Loop, start: Start) -> Any:
         assert start.slot is not None
         # Progress and output reach the channel as "job/attempt/task".
         channel = f"{self.id}/{start.task.attempts}/"
@@ -220,16 +263,16 @@ class RenderJob(ActiveJob):
 
     # Results.
 
-    def succeeded(self, scheduler: Scheduler, task: TaskRef, result: TaskResult) -> None:
+    def succeeded(self, loop: Loop, task: TaskRef, result: TaskResult) -> None:
         assert self.plan is not None
         for output in result.outputs:
             self.render_seconds += output.seconds
-            future = self._collect(scheduler, output)
+            future = self._collect(loop, output)
             if future is not None:
                 self.writes[future[0]] = (output.frame, future[1])
 
     def _collect(
-        self, scheduler: Scheduler, output: FrameOutput
+        self, loop: Loop, output: FrameOutput
     ) -> tuple[Future[None], FrameAssembly | None] | None:
         """Paste a tile or take a whole frame; start the write when a frame is complete."""
         plan = self.plan
@@ -238,11 +281,11 @@ class RenderJob(ActiveJob):
         path.parent.mkdir(parents=True, exist_ok=True)
         if output.tile is None:
             assert output.data is not None
-            return scheduler.writer.submit(write_bytes, path, output.data), None
+            return loop.writer.submit(write_bytes, path, output.data), None
         assembly = self.assemblies.get(output.frame)
         if assembly is None:
             split = self.tasks[f"f{output.frame}.t{output.tile}"].payload.get("split")
-            assembly = FrameAssembly(plan.tile_plan(split), scheduler.buffers)
+            assembly = FrameAssembly(plan.tile_plan(split), loop.buffers)
             self.assemblies[output.frame] = assembly
         assert output.pixels is not None
         assembly.add(output.tile, output.pixels.data)
@@ -251,12 +294,10 @@ class RenderJob(ActiveJob):
         del self.assemblies[output.frame]
         pixels = Pixels(assembly.frame(), output.pixels.channels, output.pixels.metadata)
         image = plan.image
-        future = scheduler.writer.submit(
-            write_frame, path, pixels, image.compression, image.quality
-        )
+        future = loop.writer.submit(write_frame, path, pixels, image.compression, image.quality)
         return future, assembly
 
-    def finish_writes(self, scheduler: Scheduler) -> None:
+    def settle(self, loop: Loop) -> None:
         """Record the frames whose writes have finished (or say why they could not be written)."""
         assert self.plan is not None
         for future in [f for f in self.writes if f.done()]:
@@ -267,19 +308,19 @@ class RenderJob(ActiveJob):
             path = str(self.plan.output(frame))
             if error is not None:
                 self.failed[frame] = f"could not write {path}: {error}"
-                scheduler.emit(Event("failed", self.id, frame=frame, message=self.failed[frame]))
+                loop.emit(Event("failed", self.id, frame=frame, message=self.failed[frame]))
                 continue
-            scheduler.db.add(StoreEvent(job_id=self.id, kind="written", frame=frame, message=path))
-            scheduler.db.commit()
+            loop.db.add(StoreEvent(job_id=self.id, kind="written", frame=frame, message=path))
+            loop.db.commit()
             self.written[frame] = path
-            scheduler.emit(Event("written", self.id, frame=frame, message=path))
+            loop.emit(Event("written", self.id, frame=frame, message=path))
 
     def forget(self, task: TaskRef) -> None:
         super().forget(task)
         for frame in task.payload["frames"]:
             self.failed.pop(frame, None)
 
-    def failed_for_good(self, scheduler: Scheduler, task: TaskRef, reason: str) -> None:
+    def failed_for_good(self, loop: Loop, task: TaskRef, reason: str) -> None:
         for frame in task.payload["frames"]:
             self.failed[frame] = reason.splitlines()[0]
 
@@ -291,17 +332,7 @@ class RenderJob(ActiveJob):
             return State.FAILED, f"{failed} of {len(frames)} frames failed"
         return State.DONE, ""
 
-    def close(self, scheduler: Scheduler) -> None:
+    def close(self, loop: Loop) -> None:
         for assembly in self.assemblies.values():
             assembly.release()
         self.assemblies.clear()
-
-
-def written_frames(db: Any, job_id: int) -> dict[int, str]:
-    """The frames of a job already on disk, from the store's ``written`` events."""
-    rows = db.execute(
-        select(StoreEvent.frame, StoreEvent.message).where(
-            StoreEvent.job_id == job_id, StoreEvent.kind == "written"
-        )
-    )
-    return {frame: path for frame, path in rows}

@@ -7,19 +7,17 @@ import functools
 import json
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import ray
 
 from farm.errors import FarmError
 from farm.labs import LAB_SHARE, lab_resource
-from farm.scheduler.kinds.base import ActiveJob, Start
+from farm.scheduler.kinds.base import ActiveJob, Event, Loop, Start
 from farm.store.states import State, TaskRef
+from farm.store.tables import Event as StoreEvent
 from farm.store.tables import Job
 from pipelines.train import TrainSpec
-
-if TYPE_CHECKING:
-    from farm.scheduler.loop import Scheduler
 
 
 @functools.cache
@@ -55,6 +53,12 @@ class TrainJob(ActiveJob):
         _launcher()  # a farm that cannot train fails the job now, saying why
         self._writer: Any = None
         self.failure = ""  # the telling line of the run's last failure
+        self.reported = 0  # metric rows the run reported so far
+        self.time_limit = self.size[2]
+
+    @classmethod
+    def take_up(cls, loop: Loop, row: Job, tasks: list[TaskRef]) -> TrainJob:
+        return cls(row, tasks, loop.storage)
 
     @property
     def needs(self) -> dict[str, float]:
@@ -70,13 +74,13 @@ class TrainJob(ActiveJob):
         seconds = self.spec.max_hours * 3600 if self.spec.max_hours else None
         return held.get("GPU", 0.0), held["CPU"], seconds
 
-    def place(self, scheduler: Scheduler, starts: list[Start], room: float) -> None:
+    def place(self, loop: Loop, starts: list[Start], room: float) -> None:
         held = self.spec.resources
-        if self.queued and room > 0 and scheduler.make_room(self, held):
-            scheduler.capacity.hold(held)
+        if self.queued and room > 0 and loop.make_room(self, held):
+            loop.capacity.hold(held)
             starts.append(Start(self, self.queued.popleft(), None, held, held))
 
-    def launch(self, scheduler: Scheduler, start: Start) -> Any:
+    def launch(self, loop: Loop, start: Start) -> Any:
         options: dict[str, Any] = {"num_cpus": 0}
         if self.lab:
             options["resources"] = {lab_resource(self.lab): LAB_SHARE}
@@ -84,18 +88,16 @@ class TrainJob(ActiveJob):
         return (
             _launcher()
             .options(**options)
-            .remote(
-                self.spec.as_json(), str(self.storage), run_name(self.id), scheduler.progress, key
-            )
+            .remote(self.spec.as_json(), str(self.storage), run_name(self.id), loop.progress, key)
         )
 
     def node_of(self, result: dict[str, Any]) -> str:
         return str(result.get("node", ""))
 
-    def succeeded(self, scheduler: Scheduler, task: TaskRef, result: Any) -> None:
+    def succeeded(self, loop: Loop, task: TaskRef, result: Any) -> None:
         self.result = result
 
-    def failed_for_good(self, scheduler: Scheduler, task: TaskRef, reason: str) -> None:
+    def failed_for_good(self, loop: Loop, task: TaskRef, reason: str) -> None:
         self.failure = telling_line(reason)
 
     def outcome(self) -> tuple[State, str]:
@@ -104,7 +106,16 @@ class TrainJob(ActiveJob):
             return State.FAILED, f"the run failed: {self.failure}"
         return super().outcome()
 
-    def metric(self, row: dict[str, Any], index: int) -> None:
+    def metrics(self, loop: Loop, rows: list[dict[str, Any]]) -> None:
+        """Store what the run reported (``farm metrics``), pass it on, and write TensorBoard."""
+        for row in rows:
+            self._tensorboard(row, self.reported)
+            self.reported += 1
+            text = json.dumps(row, sort_keys=True)
+            loop.db.add(StoreEvent(job_id=self.id, kind="metric", message=text))
+            loop.emit(Event("metric", self.id, message=text))
+
+    def _tensorboard(self, row: dict[str, Any], index: int) -> None:
         """Write a reported row to the run's TensorBoard files (its numbers, by step)."""
         if self._writer is None:
             from tensorboardX import SummaryWriter  # only a farm that trains needs it
@@ -117,7 +128,7 @@ class TrainJob(ActiveJob):
                 self._writer.add_scalar(name, value, step, walltime=row.get("time"))
         self._writer.flush()
 
-    def close(self, scheduler: Scheduler) -> None:
+    def close(self, loop: Loop) -> None:
         if self._writer is not None:
             self._writer.close()
             self._writer = None
@@ -131,7 +142,3 @@ def telling_line(text: str) -> str:
 
 
 _EXCEPTION = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Interrupt|Exit)\b")
-
-
-def metrics_json(row: dict[str, Any]) -> str:
-    return json.dumps(row, sort_keys=True)
