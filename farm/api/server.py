@@ -16,9 +16,11 @@ import ray
 import uvicorn
 
 from farm.api.app import create_app
+from farm.config import store_url
 from farm.errors import FarmError
+from farm.scheduler.connect import ensure_ray
 from farm.scheduler.fairshare import HALF_LIFE
-from farm.scheduler.loop import Scheduler, ensure_ray
+from farm.scheduler.loop import Scheduler
 from farm.store.tables import open_store
 
 
@@ -51,7 +53,7 @@ def serve(
 ) -> None:
     """Run until interrupted (Ctrl-C or SIGTERM); ``half_life``: fair share's, in seconds."""
     data_dir.mkdir(parents=True, exist_ok=True)
-    url = db or f"sqlite:///{(data_dir / 'farm.db').absolute()}"
+    url = db or store_url(data_dir)
     engine = open_store(url)
     joined = join_ray(ray_address)
     scheduler = Scheduler(engine, half_life=half_life, storage=data_dir / "train")
