@@ -22,11 +22,18 @@ import OpenImageIO as oiio
 import pytest
 import ray
 import sqlalchemy
+from hypothesis import settings
 
 from farm.config import find_blender
 from farm.scheduler.connect import ensure_ray
 
 ROOT = Path(__file__).resolve().parent.parent
+
+# In CI every property test is derandomized (its examples follow from its own code, the same on
+# every run) and a failure prints the blob that reproduces it; locally each run draws anew.
+settings.register_profile("ci", derandomize=True, print_blob=True)
+if os.environ.get("CI"):
+    settings.load_profile("ci")
 BUILDER = ROOT / "examples" / "build_shot.py"
 
 

@@ -30,7 +30,7 @@ from ray.cluster_utils import Cluster
 from schemathesis import GenerationMode
 from schemathesis.checks import positive_data_acceptance
 
-from farm.api.app import ProbeSubmission
+from farm.api.models import ProbeSubmission, TrainSubmission
 from tests.conftest import FarmServer
 
 STATES = {"queued", "running", "paused", "held", "done", "failed", "cancelled"}
@@ -136,15 +136,23 @@ def _check_answer(case: Any, response: Any) -> None:
     case.validate_response(response, excluded_checks=[positive_data_acceptance])
 
 
-def _refusable(case: Any) -> bool:
-    """Whether a generated probe submission is one the server must refuse, so that sending it
-    costs nothing. A probe the spec accepts may ask for a million tasks of a day each: negative
-    generation rarely makes one, and those few are skipped, never sent (the API's own model
-    judges; probes the farm should run are fuzzed by the next test, kept cheap)."""
-    if not isinstance(case.body, dict):
+SUBMISSIONS = {"/api/v1/jobs/probe": ProbeSubmission, "/api/v1/jobs/train": TrainSubmission}
+"""Submissions of real work the farm accepts whenever their body is valid (a training script is
+checked only when it runs): with the fuzzer's own token, such a body would start work."""
+
+
+def _refusable(operation: Any, case: Any) -> bool:
+    """Whether a generated submission of real work is one the server must refuse, so that
+    sending it costs nothing and stores nothing. A negative case may be invalid only in its
+    ``Authorization`` header, which the fuzzer replaces with its own token: its valid body, or a
+    probe the spec accepts that asks for a million tasks of a day each, would then be real work.
+    Those few are skipped, never sent (the API's own model judges; probes the farm should run
+    are fuzzed by the next test, kept cheap)."""
+    model = SUBMISSIONS.get(operation.path)
+    if model is None or not isinstance(case.body, dict):
         return True
     try:
-        ProbeSubmission.model_validate(case.body)
+        model.model_validate(case.body)
     except ValidationError:
         return True
     return False
@@ -160,7 +168,7 @@ def _fuzz(
     @given(case=operation.as_strategy(generation_mode=mode, **fixed))
     def run(case: Any) -> None:
         nonlocal sent
-        if operation.path == "/api/v1/jobs/probe" and not _refusable(case):
+        if not _refusable(operation, case):
             return
         # The admin's token, unless a negative case left the header out on purpose (a 401 then).
         generated = case.headers or {}
@@ -174,9 +182,6 @@ def _fuzz(
     except Unsatisfiable:  # nothing of this operation can be made invalid (no parameters)
         assert mode is GenerationMode.NEGATIVE
     return sent
-
-
-REAL_WORK = ("/api/v1/jobs/probe", "/api/v1/jobs/train")
 
 
 def test_fuzzing_the_api_against_its_spec_finds_no_server_error(farm_server, api):
@@ -207,7 +212,7 @@ def test_fuzzing_the_api_against_its_spec_finds_no_server_error(farm_server, api
         for mode in GenerationMode:
             # Schema-valid probe and training submissions are real work that the farm accepts
             # (a training script is checked when it runs): the next test fuzzes probes, cheaply.
-            if mode.is_positive and operation.path in REAL_WORK:
+            if mode.is_positive and operation.path in SUBMISSIONS:
                 continue
             fixed = (
                 {"path_parameters": {"token_id": spare}} if "{token_id}" in operation.path else {}
