@@ -25,9 +25,10 @@ lint: setup
 	$(BIN)/lint-imports --no-cache
 	@find farm -name '*.py' -exec awk 'FNR == 451 { print FILENAME ": over 450 lines"; bad = 1 } END { exit bad }' {} +
 
+# Two workers (pytest-xdist), a module each at a time, the longest first (tests/conftest.py).
 test: lint
 	@scripts/ensure-postgres
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 2 --dist loadgroup --no-loadscope-reorder --durations=15
 
 bench: setup
 	$(BIN)/python benchmarks/assembly.py

@@ -29,6 +29,16 @@ from farm.scheduler.connect import ensure_ray
 
 ROOT = Path(__file__).resolve().parent.parent
 
+# The suite runs on pytest-xdist's workers (make test: -n 2 --dist loadgroup). Each worker's Ray
+# lives in a temp folder of its own, so a driver that joins "the cluster this machine runs"
+# (embedded farm render, ray.init() with no address) finds its own worker's, never the other's.
+if worker := os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["RAY_TMPDIR"] = f"/tmp/ray-{worker}"
+
+# Modules that must not run beside each other: the training tests count Ray Train's worker
+# processes on the machine.
+GROUPS = {"test_train_denoise": "test_train"}
+
 # In CI every property test is derandomized (its examples follow from its own code, the same on
 # every run) and a failure prints the blob that reproduces it; locally each run draws anew.
 settings.register_profile("ci", derandomize=True, print_blob=True)
@@ -42,11 +52,14 @@ def blender() -> str:
     return find_blender()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 def ray_local():
-    """One local Ray for the whole session: starting Ray costs seconds."""
-    ensure_ray()
-    yield
+    """This process's own local Ray, started once and shared by the tests that use it (starting
+    Ray costs seconds), and started again after a module that needed a cluster of its own."""
+    ensure_ray("local")
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
     ray.shutdown()
 
 
@@ -244,3 +257,30 @@ def farm_server(tmp_path_factory: pytest.TempPathFactory):
     server = FarmServer(tmp_path_factory.mktemp("server") / "data").start()
     yield server
     server.stop()
+
+
+# The longest modules first (measured: seconds in a serial run), so that the two workers end
+# together rather than one waiting on the training runs at the end; the rest follow in order.
+LONGEST_FIRST = [
+    "test_train",  # with test_train_denoise: ~200 s
+    "test_cli",  # ~135 s
+    "test_api",
+    "test_server_restart",
+    "test_accounts",
+    "test_cluster",
+    "test_failures",
+    "test_bit_exact",
+    "test_comp",
+    "test_lab_mode",
+    "test_labs",
+]
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Each module runs on one worker (its module-scoped servers and clusters start once), the
+    longest first (make test passes --no-loadscope-reorder, which keeps this order)."""
+    rank = {name: index for index, name in enumerate(LONGEST_FIRST)}
+    for item in items:
+        module = item.path.stem
+        item.add_marker(pytest.mark.xdist_group(GROUPS.get(module, module)))
+    items.sort(key=lambda i: rank.get(GROUPS.get(i.path.stem, i.path.stem), len(rank)))

@@ -13,6 +13,10 @@ from pathlib import Path
 import OpenImageIO as oiio
 import psutil
 import pytest
+from sqlalchemy import create_engine, func, select
+from sqlalchemy.exc import OperationalError
+
+from farm.store.tables import Task
 
 
 def farm(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None):
@@ -115,6 +119,23 @@ def test_jobs_and_status_before_any_job() -> None:
     assert json.loads(farm("jobs", "--json").stdout) == []
     missing = farm("status", "1")
     assert missing.returncode == 2 and missing.stderr.strip() == "error: no job 1"
+
+
+def test_a_farm_without_the_training_extra_says_how_to_install_it(tmp_path) -> None:
+    """Without PyTorch (an install without the ``train`` extra), ``farm train`` refuses in the
+    farm's own words, not with an unrelated error from deeper down."""
+    absent = tmp_path / "no-torch"
+    absent.mkdir()
+    (absent / "torch.py").write_text(
+        "raise ModuleNotFoundError(\"No module named 'torch'\", name='torch')\n"
+    )
+    script = Path(__file__).resolve().parent.parent / "examples" / "train_digits.py"
+    result = farm("train", str(script), env={"PYTHONPATH": str(absent)}, cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith("error: this farm cannot train: "), line
+    assert line.endswith("(install the training extra: pip install -e '.[train]')"), line
+    assert "pip install torch" not in line  # an unpinned torch is a CUDA build of gigabytes
 
 
 def test_blender_not_found(scene, tmp_path) -> None:
@@ -263,7 +284,23 @@ def slow_render(scene: Path, tmp_path: Path, **popen: object) -> subprocess.Pope
     ]
     render = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, **popen)
     deadline = time.monotonic() + 120
-    while not any(j["tasks"]["running"] for j in json.loads(farm("jobs", "--json").stdout or "[]")):
+    while not _running_tasks(Path(os.environ["FARM_HOME"]) / "farm.db"):
         assert time.monotonic() < deadline and render.poll() is None, "the render never started"
         time.sleep(0.2)
     return render
+
+
+def _running_tasks(store: Path) -> int:
+    """Tasks running in the embedded farm's store, read-only beside the render's writes (no farm
+    CLI started every poll: each costs a second of CPU that the render needs)."""
+    if not store.exists():
+        return 0
+    url = f"sqlite:///file:{store}?mode=ro&uri=true"
+    engine = create_engine(url)
+    try:
+        with engine.connect() as connection:
+            return connection.execute(select(func.count()).where(Task.state == "running")).scalar()
+    except OperationalError:  # the store is not made yet
+        return 0
+    finally:
+        engine.dispose()

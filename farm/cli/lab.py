@@ -1,5 +1,5 @@
 """The ``farm`` commands of lab mode: the server, and the client side of it (submit, watch, control
-jobs, nodes, login). Registered on the ``farm`` group by :mod:`farm.cli`."""
+jobs, nodes, login). Registered on the ``farm`` group by :mod:`farm.cli.main`."""
 
 from __future__ import annotations
 

@@ -1,17 +1,16 @@
 """Where the CLI reads jobs from: the farm server when one is configured, else the embedded farm's
-store. Both answer with the same JSON shapes (:mod:`farm.jobs` makes them on either side)."""
+store. Both answer with the same JSON shapes (:mod:`farm.store.queries` makes them on either side)."""
 
 from __future__ import annotations
 
-from typing import Any, Protocol
-
-from sqlalchemy.orm import Session
+from typing import TYPE_CHECKING, Any, Protocol
 
 from farm.cli.client import Client, server_url
 from farm.config import STORE_FILE, farm_home, store_url
 from farm.errors import FarmError, NotFound
-from farm.store import queries
-from farm.store.tables import open_store, session
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
 
 NEEDS_SERVER = (
     "{what} needs a farm server: set FARM_URL or run `farm login URL` "
@@ -32,7 +31,12 @@ class LocalFarm:
     """The embedded farm's store, read only: its jobs ran (or run) in a ``farm render``."""
 
     def __init__(self) -> None:
-        # Nothing is created just to be read: before the first job there is no store.
+        # The store's code loads only here (SQLAlchemy is most of a command's start-up), and
+        # nothing is created just to be read: before the first job there is no store.
+        from farm.store import queries
+        from farm.store.tables import open_store, session
+
+        self.queries = queries
         exists = (farm_home() / STORE_FILE).exists()
         self.db: Session | None = session(open_store(store_url())) if exists else None
 
@@ -43,19 +47,19 @@ class LocalFarm:
         return self.db
 
     def jobs(self, limit: int) -> list[dict[str, Any]]:
-        return queries.list_jobs(self.db, limit) if self.db else []
+        return self.queries.list_jobs(self.db, limit) if self.db else []
 
     def status(self, job: int) -> dict[str, Any]:
-        return queries.job_status(self._store(job), job)
+        return self.queries.job_status(self._store(job), job)
 
     def logs(self, job: int, task: str | None) -> list[dict[str, Any]]:
-        return queries.job_logs(self._store(job), job, task)
+        return self.queries.job_logs(self._store(job), job, task)
 
     def events(self, job: int, after: int) -> list[dict[str, Any]]:
-        return queries.job_events(self._store(job), job, after)
+        return self.queries.job_events(self._store(job), job, after)
 
     def metrics(self, job: int) -> list[dict[str, Any]]:
-        return queries.job_metrics(self._store(job), job)
+        return self.queries.job_metrics(self._store(job), job)
 
     def change(self, verb: str, job: int, task: str | None) -> str:
         raise FarmError(NEEDS_SERVER.format(what=f"farm {verb}"))

@@ -250,7 +250,7 @@ class Scheduler(Admission, Outcomes, Commands):
             self.opening.pop(slot.opening, None)
 
     def _ordered(self) -> list[ActiveJob]:
-        """The active jobs in the farm's one order (:func:`farm.fairshare.order`): by their owners'
+        """The active jobs in the farm's one order (:func:`farm.scheduler.fairshare.order`): by their owners'
         fair share, then their own key. Sorted again when jobs come or go, and every ORDER_EVERY
         seconds as usage moves on: not on every turn of the loop."""
         if self._order is None or self._reorder:

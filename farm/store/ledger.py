@@ -4,7 +4,7 @@ An attempt is charged its measured wall time (from when it really began on its n
 farm learnt it ended) times what it held: GPU-seconds and CPU-seconds. Failed and cancelled
 attempts are charged like done ones, since they held the node as long; attempts *lost* when a
 server stopped are not, since nobody knows when they ended. Rows are written in the same
-transaction that ends the attempt (:func:`farm.states.end`), so the ledger and the attempts agree.
+transaction that ends the attempt (:func:`farm.store.states.end`), so the ledger and the attempts agree.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The store's tables as schema version 1 created them, frozen.
 
-Migration step 1 builds exactly these tables, whatever the models in :mod:`farm.store` look like
+Migration step 1 builds exactly these tables, whatever the models in :mod:`farm.store.tables` look like
 now; later steps ALTER them forward. Never edit this file.
 """
 

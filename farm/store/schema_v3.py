@@ -1,7 +1,7 @@
 """What migration step 3 adds, frozen: accounts, tokens, enrolments, policies and the ledger, and
 the jobs' programme, cohort and known task size.
 
-Never edit this file: later steps ALTER these tables forward (see :mod:`farm.schema_v1`).
+Never edit this file: later steps ALTER these tables forward (see :mod:`farm.store.schema_v1`).
 """
 
 from __future__ import annotations

@@ -1,15 +1,2 @@
-"""The frame-tiling core: exact integer tile plans and bit-exact frame assembly."""
-
-from farm.tiling.assemble import BufferPool, FrameAssembly
-from farm.tiling.plan import Rect, Tile, TilePlan, blender_border, blender_pixels, parse_tiles
-
-__all__ = [
-    "BufferPool",
-    "FrameAssembly",
-    "Rect",
-    "Tile",
-    "TilePlan",
-    "blender_border",
-    "blender_pixels",
-    "parse_tiles",
-]
+"""The frame-tiling core: exact integer tile plans (:mod:`.plan`) and bit-exact frame assembly
+(:mod:`.assemble`). Kept free of imports: planning a job's tiles needs no numpy."""

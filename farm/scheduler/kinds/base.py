@@ -144,7 +144,7 @@ class ActiveJob:
 
     def order_key(self) -> tuple[Any, ...]:
         """The job's own place among its owner's work: higher priority first, then the earlier
-        submission. :func:`farm.fairshare.order` puts the owners' fair share before it."""
+        submission. :func:`farm.scheduler.fairshare.order` puts the owners' fair share before it."""
         return self._order_key
 
     @property

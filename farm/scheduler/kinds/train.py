@@ -26,9 +26,10 @@ def _launcher() -> Any:
     that trains (``pip install -e '.[train]'``)."""
     try:
         from workers.trainer import run
-    except ImportError as error:
+    except ImportError as error:  # the farm's own advice, not a bare `pip install torch` (CUDA)
+        missing = f"{error.name} is not installed" if error.name else str(error).split(". ")[0]
         raise FarmError(
-            f"this farm cannot train: {error} (install the training extra: pip install -e '.[train]')"
+            f"this farm cannot train: {missing} (install the training extra: pip install -e '.[train]')"
         ) from None
     return ray.remote(run)
 
