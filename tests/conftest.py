@@ -34,6 +34,9 @@ ROOT = Path(__file__).resolve().parent.parent
 # (embedded farm render, ray.init() with no address) finds its own worker's, never the other's.
 if worker := os.environ.get("PYTEST_XDIST_WORKER"):
     os.environ["RAY_TMPDIR"] = f"/tmp/ray-{worker}"
+# Every Ray the tests start (the farm's commands and servers start many) starts its workers when
+# work needs them, not two idle ones at once: the suite is bound by the CPU of its two cores.
+os.environ["RAY_prestart_worker_first_driver"] = "0"  # noqa: SIM112  (Ray spells it so)
 
 # Modules that must not run beside each other: the training tests count Ray Train's worker
 # processes on the machine.

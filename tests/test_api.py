@@ -112,7 +112,7 @@ def job_ids(api: httpx.Client) -> list[int]:
 # own checks hold it. A valid request may still be refused (cancel of a finished job is a 400), so
 # its "valid data must be accepted" check is left out.
 
-EXAMPLES = 25  # per operation and mode: about 600 requests, some 15 s
+EXAMPLES = 15  # per operation and mode: about 400 requests, some 15 s
 
 
 def _fuzz_settings(examples: int) -> settings:
@@ -222,7 +222,7 @@ def test_fuzzing_the_api_against_its_spec_finds_no_server_error(farm_server, api
             for job in (done, failing):
                 fixed = {"path_parameters": {"job_id": job}}
                 sent += _fuzz(fuzzer, operation, GenerationMode.POSITIVE, 10, **fixed)
-    assert sent > 300, f"only {sent} requests were sent"
+    assert sent > 200, f"only {sent} requests were sent"
 
     # Refused submissions recorded nothing: the store holds exactly the jobs it held before.
     assert job_ids(api) == before
