@@ -28,7 +28,7 @@ lint: setup
 # Two workers (pytest-xdist), a module each at a time, the longest first (tests/conftest.py).
 test: lint
 	@scripts/ensure-postgres
-	$(BIN)/python -m pytest -n 2 --dist loadgroup --no-loadscope-reorder --durations=15
+	$(BIN)/python -m pytest -n 2 --dist loadfile --no-loadscope-reorder --durations=15
 
 bench: setup
 	$(BIN)/python benchmarks/assembly.py

@@ -29,7 +29,7 @@ from farm.scheduler.connect import ensure_ray
 
 ROOT = Path(__file__).resolve().parent.parent
 
-# The suite runs on pytest-xdist's workers (make test: -n 2 --dist loadgroup). Each worker's Ray
+# The suite runs on pytest-xdist's workers (make test: -n 2 --dist loadfile). Each worker's Ray
 # lives in a temp folder of its own, so a driver that joins "the cluster this machine runs"
 # (embedded farm render, ray.init() with no address) finds its own worker's, never the other's.
 if worker := os.environ.get("PYTEST_XDIST_WORKER"):
@@ -38,9 +38,6 @@ if worker := os.environ.get("PYTEST_XDIST_WORKER"):
 # work needs them, not two idle ones at once: the suite is bound by the CPU of its two cores.
 os.environ["RAY_prestart_worker_first_driver"] = "0"  # noqa: SIM112  (Ray spells it so)
 
-# Modules that must not run beside each other: the training tests count Ray Train's worker
-# processes on the machine.
-GROUPS = {"test_train_denoise": "test_train"}
 
 # In CI every property test is derandomized (its examples follow from its own code, the same on
 # every run) and a failure prints the blob that reproduces it; locally each run draws anew.
@@ -265,7 +262,7 @@ def farm_server(tmp_path_factory: pytest.TempPathFactory):
 # The longest modules first (measured: seconds in a serial run), so that the two workers end
 # together rather than one waiting on the training runs at the end; the rest follow in order.
 LONGEST_FIRST = [
-    "test_train",  # with test_train_denoise: ~200 s
+    "test_train",  # ~150 s
     "test_cli",  # ~135 s
     "test_api",
     "test_server_restart",
@@ -274,16 +271,14 @@ LONGEST_FIRST = [
     "test_failures",
     "test_bit_exact",
     "test_comp",
+    "test_train_denoise",
     "test_lab_mode",
     "test_labs",
 ]
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Each module runs on one worker (its module-scoped servers and clusters start once), the
-    longest first (make test passes --no-loadscope-reorder, which keeps this order)."""
+    """The longest modules first. Each module runs on one worker (--dist loadfile: its
+    module-scoped servers and clusters start once); --no-loadscope-reorder keeps this order."""
     rank = {name: index for index, name in enumerate(LONGEST_FIRST)}
-    for item in items:
-        module = item.path.stem
-        item.add_marker(pytest.mark.xdist_group(GROUPS.get(module, module)))
-    items.sort(key=lambda i: rank.get(GROUPS.get(i.path.stem, i.path.stem), len(rank)))
+    items.sort(key=lambda item: rank.get(item.path.stem, len(rank)))

@@ -53,13 +53,15 @@ def finish(process: subprocess.Popen[str], timeout: float = 240) -> tuple[int, s
     return process.returncode, out, err
 
 
-def _train_workers() -> list[psutil.Process]:
-    """Ray Train's worker processes (Ray titles each after its actor class)."""
+def _train_workers(farm_pid: int) -> list[psutil.Process]:
+    """Ray Train's worker processes (Ray titles each after its actor class) under the farm process
+    ``farm_pid`` (whose Ray is its own child): never another test's, running beside."""
     found = []
-    for process in psutil.process_iter(["cmdline"]):
-        cmdline = " ".join(process.info["cmdline"] or [])
-        if "RayTrainWorker" in cmdline:
-            found.append(process)
+    with contextlib.suppress(psutil.NoSuchProcess):
+        for process in psutil.Process(farm_pid).children(recursive=True):
+            with contextlib.suppress(psutil.Error):
+                if "RayTrainWorker" in " ".join(process.cmdline()):
+                    found.append(process)
     return found
 
 
@@ -82,7 +84,7 @@ def test_two_workers_learn_and_one_killed_mid_run_resumes_from_its_checkpoint(tm
         assert time.monotonic() < deadline, "two epochs were not reported in time"
         time.sleep(0.5)
     store.close()
-    workers = _train_workers()
+    workers = _train_workers(run.pid)
     assert workers, "no Ray Train worker process found"
     workers[0].kill()  # SIGKILL one of the two workers
 
@@ -187,7 +189,8 @@ def test_a_cancelled_run_resumes_from_its_latest_checkpoint_and_each_attempt_is_
     assert api.post(f"/jobs/{job}/cancel").json()["result"] == "cancelled"
     _wait_state(api, job, {"cancelled"})
     deadline = time.monotonic() + 30
-    while _train_workers():  # the run's workers die with its launcher
+    assert server.process is not None
+    while _train_workers(server.process.pid):  # the run's workers die with its launcher
         assert time.monotonic() < deadline, "Ray Train workers outlived the cancel"
         time.sleep(0.5)
     before = api.get(f"/jobs/{job}/metrics").json()
