@@ -262,18 +262,20 @@ def farm_server(tmp_path_factory: pytest.TempPathFactory):
 # The longest modules first (measured: seconds in a serial run), so that the two workers end
 # together rather than one waiting on the training runs at the end; the rest follow in order.
 LONGEST_FIRST = [
-    "test_train",  # ~150 s
-    "test_cli",  # ~135 s
-    "test_api",
+    "test_train",  # ~140 s on a busy worker
+    "test_cli",  # ~130 s
     "test_server_restart",
-    "test_accounts",
-    "test_cluster",
-    "test_failures",
-    "test_bit_exact",
-    "test_comp",
     "test_train_denoise",
-    "test_lab_mode",
+    "test_api",
+    "test_bit_exact",
+    "test_accounts",
+    "test_failures",
+    "test_cluster",
+    "test_comp",
     "test_labs",
+    "test_lab_mode",
+    "test_color",
+    "test_fairshare",
 ]
 
 

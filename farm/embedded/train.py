@@ -12,7 +12,7 @@ from farm.config import farm_home
 from farm.embedded.runner import Here
 from farm.errors import FarmError
 from farm.scheduler.kinds.base import Event
-from farm.scheduler.kinds.train import TrainJob, run_name
+from farm.scheduler.kinds.train import TrainJob, launcher, run_name
 from farm.store import submit
 from farm.store.queries import job_metrics
 from farm.store.states import State
@@ -28,6 +28,7 @@ def train_here(
 ) -> dict[str, Any]:
     """Run a training job to its end on this machine's Ray (or ``resume`` a stopped one from its
     latest checkpoint); returns what ``--json`` prints."""
+    launcher()  # a farm without the training extra says so before it starts anything
     here = Here(storage=farm_home() / "train")
     scheduler = here.scheduler
     if resume is not None:

@@ -21,7 +21,7 @@ from pipelines.train import TrainSpec
 
 
 @functools.cache
-def _launcher() -> Any:
+def launcher() -> Any:
     """The launcher as a Ray task, made on first use: Ray Train and torch load only on a farm
     that trains (``pip install -e '.[train]'``)."""
     try:
@@ -51,7 +51,7 @@ class TrainJob(ActiveJob):
         super().__init__(row, tasks, retries=0)
         self.storage = storage
         self.result: dict[str, Any] | None = None
-        _launcher()  # a farm that cannot train fails the job now, saying why
+        launcher()  # a farm that cannot train fails the job now, saying why
         self._writer: Any = None
         self.failure = ""  # the telling line of the run's last failure
         self.reported = 0  # metric rows the run reported so far
@@ -87,7 +87,7 @@ class TrainJob(ActiveJob):
             options["resources"] = {lab_resource(self.lab): LAB_SHARE}
         key = f"{self.id}/{start.task.attempts}/{start.task.key}"
         return (
-            _launcher()
+            launcher()
             .options(**options)
             .remote(self.spec.as_json(), str(self.storage), run_name(self.id), loop.progress, key)
         )
