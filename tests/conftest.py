@@ -44,6 +44,14 @@ os.environ["RAY_prestart_worker_first_driver"] = "0"  # noqa: SIM112  (Ray spell
 settings.register_profile("ci", derandomize=True, print_blob=True)
 if os.environ.get("CI"):
     settings.load_profile("ci")
+
+
+def pytest_report_header() -> str:
+    """Which Hypothesis profile the run uses, first thing in the output."""
+    current = settings()
+    return f"hypothesis: derandomize={current.derandomize}, print_blob={current.print_blob}"
+
+
 BUILDER = ROOT / "examples" / "build_shot.py"
 
 

@@ -9,7 +9,9 @@ an error ends the job (cancelled or failed) with nothing left running.
 from __future__ import annotations
 
 import functools
+import signal
 import socket
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -96,9 +98,16 @@ _ACTIVE = (State.QUEUED, State.RUNNING)
 
 def run_here(scheduler: Scheduler, job_id: int) -> ActiveJob:
     """Run the scheduler's loop in this process until ``job_id`` ends. Ctrl-C or an error ends the
-    job (cancelled or failed) with nothing left running, and no waiting on busy slots."""
+    job (cancelled or failed) with nothing left running, and no waiting on busy slots.
+
+    Ctrl-C is taken by a handler of its own and acted on between two turns of the loop: a
+    KeyboardInterrupt raised wherever the signal lands (inside Ray's calls, a finaliser) can be
+    swallowed there, and the render would go on to its end."""
+    pressed = threading.Event()
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, lambda *_: pressed.set()) if main else None
     try:
-        job = scheduler.run_until_finished(job_id)
+        job = scheduler.run_until_finished(job_id, pressed.is_set)
     except BaseException as error:
         scheduler.close(graceful=False)
         row = scheduler.db.get(Job, job_id)
@@ -107,5 +116,8 @@ def run_here(scheduler: Scheduler, job_id: int) -> ActiveJob:
             reason = "interrupted" if interrupted else str(error) or type(error).__name__
             abandon(scheduler.db, row, reason, interrupted)
         raise
+    finally:
+        if main:  # None: a handler set outside Python, which Python cannot put back
+            signal.signal(signal.SIGINT, previous or signal.default_int_handler)
     scheduler.close()
     return job

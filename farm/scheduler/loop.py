@@ -140,12 +140,17 @@ class Scheduler(Admission, Outcomes, Commands):
                 self.db.rollback()
                 time.sleep(TICK)
 
-    def run_until_finished(self, job_id: int) -> ActiveJob:
-        """Embedded mode: run the loop on this thread until ``job_id`` leaves it."""
+    def run_until_finished(
+        self, job_id: int, interrupted: Callable[[], bool] = lambda: False
+    ) -> ActiveJob:
+        """Embedded mode: run the loop on this thread until ``job_id`` leaves it, or raise
+        KeyboardInterrupt between two turns once ``interrupted()``."""
         job = self.load(job_id)
         if job is None:  # the reason it could not be taken up, not merely that it was not
             raise FarmError(self.unstartable.get(job_id) or f"no unfinished job {job_id}")
         while job.id in self.jobs:
+            if interrupted():
+                raise KeyboardInterrupt
             self.step()
         return job
 
