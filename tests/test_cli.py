@@ -114,6 +114,13 @@ def test_bad_input_is_one_line_exit_2_and_nothing_written(scene, tmp_path, args,
         assert not (Path(os.environ["FARM_HOME"]) / "farm.db").exists()
 
 
+def test_the_demo_finds_the_example_builder() -> None:
+    """``farm demo`` builds the example shot from the repository's own builder script."""
+    from farm.cli.main import EXAMPLE_BUILDER
+
+    assert EXAMPLE_BUILDER.is_file(), EXAMPLE_BUILDER
+
+
 def test_jobs_and_status_before_any_job() -> None:
     assert farm("jobs").stdout.strip() == "no jobs yet"
     assert json.loads(farm("jobs", "--json").stdout) == []

@@ -33,7 +33,7 @@ from pipelines.render import RenderRequest, validate
 if TYPE_CHECKING:
     from farm.embedded import render as embedded
 
-EXAMPLE_BUILDER = Path(__file__).resolve().parent.parent / "examples" / "build_shot.py"
+EXAMPLE_BUILDER = Path(__file__).resolve().parents[2] / "examples" / "build_shot.py"
 
 
 def _render(scene: str, kwargs: dict[str, Any]) -> None:
