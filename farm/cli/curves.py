@@ -58,10 +58,18 @@ def plot(rows: list[dict[str, Any]], path: Path, title: str) -> list[str]:
     axes[0].set_title(title)
     axes[-1].set_xlabel("step")
     figure.tight_layout()
+    save_plot(figure, path)
+    return names
+
+
+def save_plot(figure: Any, path: Path) -> None:
+    """Write a matplotlib figure as a PNG and close it; a path that cannot be written is a
+    one-line refusal."""
+    import matplotlib.pyplot as plt
+
     try:
         figure.savefig(path, dpi=100)
     except OSError as error:
         raise FarmError(f"cannot write the plot {path}: {error}") from None
     finally:
         plt.close(figure)
-    return names

@@ -12,9 +12,9 @@ from typing import Any
 
 import click
 
+from farm.cli.curves import save_plot
 from farm.cli.options import day, echo_json, json_option, print_table
 from farm.cli.views import remote
-from farm.errors import FarmError
 
 
 @click.command("usage")
@@ -85,12 +85,7 @@ def draw_usage(days: list[dict[str, Any]], path: Path) -> None:
         gpu_axis.legend(loc="upper left", fontsize="small")
     figure.autofmt_xdate()
     figure.tight_layout()
-    try:
-        figure.savefig(path, dpi=100)
-    except OSError as error:
-        raise FarmError(f"cannot write the plot {path}: {error}") from None
-    finally:
-        plt.close(figure)
+    save_plot(figure, path)
 
 
 def _cumulative(values: tuple[float, ...]) -> list[float]:
