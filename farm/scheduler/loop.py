@@ -313,10 +313,8 @@ class Scheduler(Admission, Outcomes, Commands):
         states.start(
             self.db,
             [(s.task, s.slot.node if s.slot else "", s.resources) for s in starts],
+            [job.row for job in {s.job for s in starts} if job.state is State.QUEUED],
         )
-        for job in {s.job for s in starts}:
-            if job.state is State.QUEUED:
-                states.move_job(self.db, job.row, State.RUNNING)
         for start in starts:
             ref = start.job.launch(self, start)
             self.flights[ref] = Flight(start, next(self._sequence), self._sent)

@@ -156,6 +156,13 @@ def _compare_and_set(
 
 def move_job(db: Session, job: Job, new: State, message: str = "") -> None:
     """Change a job's state and record it."""
+    values = _stage_move(db, job, new, message)
+    db.commit()
+    _moved(db, job, new, values)
+
+
+def _stage_move(db: Session, job: Job, new: State, message: str) -> dict[str, Any]:
+    """The statements of a job's move, left uncommitted so a caller can join them to others."""
     old = State(job.state)
     _check(f"job {job.id}", old, new)
     _compare_and_set(db, _JOBS, {old: [job.id]}, new)
@@ -169,16 +176,24 @@ def move_job(db: Session, job: Job, new: State, message: str = "") -> None:
     if values:
         db.execute(update(Job).where(Job.id == job.id).values(**values))
     db.add(Event(job_id=job.id, kind=new.value, message=message))
-    db.commit()
+    return values
+
+
+def _moved(db: Session, job: Job, new: State, values: dict[str, Any]) -> None:
     job.state = new.value
     for name, value in values.items():
         setattr(job, name, value)
     db.expire(job, ["state", "started_at", "ended_at"])
 
 
-def start(db: Session, starts: Sequence[tuple[TaskRef, str, dict[str, float]]]) -> None:
+def start(
+    db: Session,
+    starts: Sequence[tuple[TaskRef, str, dict[str, float]]],
+    jobs: Sequence[Job] = (),
+) -> None:
     """Queued → running for a batch of tasks, each opening an attempt on ``node`` with
-    ``resources``; one transaction."""
+    ``resources``, and for ``jobs`` (their queued jobs); one transaction, so no reader sees a
+    task run in a job that is still queued."""
     if not starts:
         return
     for task, _, _ in starts:
@@ -205,7 +220,10 @@ def start(db: Session, starts: Sequence[tuple[TaskRef, str, dict[str, float]]]) 
             for task, node, resources in starts
         ],
     )
+    moves = [(job, _stage_move(db, job, State.RUNNING, "")) for job in jobs]
     db.commit()
+    for job, values in moves:
+        _moved(db, job, State.RUNNING, values)
     for task, _, _ in starts:
         task.state = State.RUNNING
         task.attempts += 1
