@@ -7,6 +7,10 @@ for error reports. Only the standard library and ``bpy`` are used, and only API 
 Blender 3.4 to 5.x, so any Blender a lab node has can be driven.
 
 Commands:
+  {"op": "remap", "root": "/…/trees/<id>"} point every absolute path of the scene's local data at
+                                           its mirror under root (the scene's tree on this node:
+                                           workers/scene_cache.py); replies with what it moved and
+                                           which of those are missing there. Sent first, if at all
   {"op": "configure", "settings": {...}}   apply job overrides once; replies with the scene info
   {"op": "render", "frame": N, "border": [min_x, max_x, min_y, max_y] | null,
    "image": {...}, "dir": "/tmp/...", "name": "unique_"}
@@ -14,8 +18,10 @@ Commands:
   {"op": "quit"}
 """
 
+import importlib.util
 import json
 import os
+import re
 import sys
 import time
 import traceback
@@ -135,6 +141,94 @@ def render(scene, command):
     return {"path": os.path.join(folder, written[0]), "seconds": time.monotonic() - started}
 
 
+# The local data-blocks that name a file, and the property that names it. Linked data-blocks keep
+# theirs (a library's own data is read-only here: a file it names by an absolute path stays missing).
+ID_PATHS = (
+    ("images", "filepath"),
+    ("movieclips", "filepath"),
+    ("sounds", "filepath"),
+    ("fonts", "filepath"),
+    ("cache_files", "filepath"),
+    ("volumes", "filepath"),
+)
+# Files and folders named by modifiers and sequencer strips: (type, property path).
+MODIFIER_PATHS = (
+    ("MESH_CACHE", "filepath"),
+    ("OCEAN", "filepath"),
+    ("FLUID", "domain_settings.cache_directory"),
+)
+STRIP_PATHS = (("IMAGE", "directory"), ("MOVIE", "filepath"))
+_DRIVE = re.compile(r"[A-Za-z]:[\\/]")
+
+
+def scene_cache():
+    """workers/scene_cache.py, imported by path (it is standard library only): its ``mirrored``
+    is the one mapping the node's tree was built with."""
+    name = "farm_scene_cache"
+    if name not in sys.modules:
+        path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "scene_cache.py")
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module  # dataclasses look their module up while the class is made
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+def is_absolute(path):
+    """A POSIX, Windows drive or UNC absolute path; ``//…`` is Blender's relative to the .blend."""
+    if not path or path.startswith("//"):
+        return False
+    return path.startswith(("/", "\\\\")) or _DRIVE.match(path) is not None
+
+
+def remap(root):
+    """Rewrite each absolute path of the local data to ``mirrored(root, path)`` and reload the
+    libraries moved; relative paths resolve in the tree already (the scene is opened from it)."""
+    if not os.path.isabs(root):
+        raise ValueError(f"remap root must be absolute: {root!r}")
+    mirrored = scene_cache().mirrored
+    moved, missing, libraries = [], [], []
+
+    def move(owner, attribute):
+        *path, name = attribute.split(".")
+        for step in path:
+            owner = getattr(owner, step, None)
+        original = getattr(owner, name, "") if owner is not None else ""
+        if not is_absolute(original):
+            return False
+        target = str(mirrored(root, original))
+        if original[-1] in "/\\":  # a folder (a strip's images, a bake) keeps its trailing slash
+            target += os.sep
+        setattr(owner, name, target)
+        moved.append(target)
+        if "<" not in target and not os.path.exists(target):  # <UDIM>, <UVTILE> name many
+            missing.append(target)
+        return True
+
+    for library in list(bpy.data.libraries):
+        if move(library, "filepath") and os.path.exists(library.filepath):
+            libraries.append(library)
+    for library in libraries:
+        library.reload()
+    for collection, attribute in ID_PATHS:
+        for block in getattr(bpy.data, collection, ()):
+            if block.library is None and getattr(block, "packed_file", None) is None:
+                move(block, attribute)
+    for block in bpy.data.objects:
+        for modifier in block.modifiers if block.library is None else ():
+            for kind, attribute in MODIFIER_PATHS:
+                if modifier.type == kind:
+                    move(modifier, attribute)
+    for block in bpy.data.scenes:
+        editor = block.sequence_editor if block.library is None else None
+        strips = getattr(editor, "sequences_all", None) or getattr(editor, "strips_all", ())
+        for strip in strips:
+            for kind, attribute in STRIP_PATHS:
+                if strip.type == kind:
+                    move(strip, attribute)
+    return {"paths": len(moved), "missing": missing}
+
+
 def main():
     scene = bpy.context.scene
     reply(op="hello", info=scene_info(scene))
@@ -145,7 +239,9 @@ def main():
         try:
             if command["op"] == "quit":
                 break
-            if command["op"] == "configure":
+            if command["op"] == "remap":
+                reply(op="remapped", **remap(command["root"]))
+            elif command["op"] == "configure":
                 configure(scene, command["settings"])
                 reply(op="configured", info=scene_info(scene))
             elif command["op"] == "render":

@@ -50,6 +50,9 @@ class SessionOptions:
     allow_scripts: bool = False
     stall_timeout: float = 600.0  # seconds without a line of output before the attempt fails
     env: dict[str, str] | None = None
+    # The scene's tree on this node (workers/scene_cache.py): its absolute paths are pointed at
+    # their mirrors under it before anything else; None: the paths stay as the .blend has them.
+    remap_root: str | None = None
 
 
 class BlenderSession:
@@ -63,13 +66,15 @@ class BlenderSession:
         self._log: collections.deque[str] = collections.deque(maxlen=40)
         self._last_output = time.monotonic()
         self._on_line: Callable[[str], None] | None = None
+        self.remapped: dict[str, Any] = {}  # the remap's reply: paths moved, those missing
 
     @property
     def alive(self) -> bool:
         return self._process is not None and self._process.poll() is None
 
     def start(self) -> dict[str, Any]:
-        """Launch Blender on the scene and return the scene info it reports."""
+        """Launch Blender on the scene and return the scene info it reports; with a
+        ``remap_root``, remap the scene's absolute paths first (``remapped`` says what moved)."""
         opts = self.options
         command = [
             *DIE_WITH_PARENT,
@@ -99,6 +104,13 @@ class BlenderSession:
         )
         threading.Thread(target=self._read, args=(self._process,), daemon=True).start()
         self.info = self._wait("hello")["info"]
+        if opts.remap_root is not None:
+            self._send({"op": "remap", "root": str(opts.remap_root)})
+            try:
+                self.remapped = self._wait("remapped")
+            except BlenderError:
+                self.close()  # a Blender whose paths are not the tree's must never render
+                raise
         return self.info
 
     def configure(self, settings: dict[str, Any]) -> dict[str, Any]:
