@@ -28,6 +28,7 @@ lint: setup
 # Two workers (pytest-xdist), a module each at a time, the longest first (tests/conftest.py).
 test: lint
 	@scripts/ensure-postgres
+	@scripts/ensure-bwrap
 	$(BIN)/python -m pytest -n 2 --dist loadfile --no-loadscope-reorder --durations=15
 
 bench: setup

@@ -198,8 +198,15 @@ def free_port() -> int:
 class FarmServer:
     """A real ``farm server`` process on a loopback port, with a store of its own."""
 
-    def __init__(self, data: Path, db: str | None = None, ray_address: str = "local") -> None:
+    def __init__(
+        self,
+        data: Path,
+        db: str | None = None,
+        ray_address: str = "local",
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.data, self.db, self.ray_address = data, db, ray_address
+        self.env = {**os.environ, **(env or {})}
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.process: subprocess.Popen[str] | None = None
@@ -230,7 +237,12 @@ class FarmServer:
         command += ["--data-dir", str(self.data), "--ray-address", self.ray_address, *store]
         log = (self.data.parent / f"server-{self.port}.log").open("a")
         self.process = subprocess.Popen(
-            command, stdout=log, stderr=subprocess.STDOUT, text=True, start_new_session=True
+            command,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+            env=self.env,
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

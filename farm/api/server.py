@@ -9,6 +9,7 @@ are not rendered again.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 from pathlib import Path
 
@@ -18,29 +19,61 @@ import uvicorn
 from farm.api.app import create_app
 from farm.config import store_url
 from farm.errors import FarmError
+from farm.ray_token import check_token, find_token, reachable, use_token
 from farm.scheduler.connect import ensure_ray
 from farm.scheduler.fairshare import HALF_LIFE
 from farm.scheduler.loop import Scheduler
 from farm.store.tables import open_store
 
 
-def join_ray(address: str | None) -> str:
-    """Join the cluster at ``address`` (``auto``: the one this machine runs); with ``auto`` and no
-    cluster, start a local one. Returns how it went, for the start-up line."""
+def join_ray(address: str | None, token_file: Path | None = None) -> str:
+    """Join the cluster at ``address`` (``auto``: the one this machine started last), carrying the
+    cluster's token; with ``auto`` and no live cluster, start a local one. Returns how it went,
+    for the start-up line."""
     if address in (None, "", "local"):
         # "local", never None: ray.init() with no address joins the cluster this machine last
         # started (/tmp/ray/ray_current_cluster), which is not the local Ray asked for.
         ensure_ray("local")
         return "a local Ray started by the server"
+    if address == "auto":
+        found = last_cluster()
+        if found is None:
+            ensure_ray("local")
+            return "a local Ray started by the server (no cluster was running on this machine)"
+        address, origin = found
+        if reachable(address, timeout=2):  # a head that died without cleaning up
+            ensure_ray("local")
+            return (
+                f"a local Ray started by the server: the cluster in {origin}, {address}, "
+                "is not running"
+            )
+    elif why := reachable(address):
+        raise FarmError(f"cannot join the Ray cluster at {address}: {why}")
+    token = find_token(token_file)
+    check_token(address, token)
+    if token:
+        use_token(token)
     try:
         ensure_ray(address)
     except (ConnectionError, RuntimeError) as error:
-        if address != "auto":
-            raise FarmError(f"cannot join the Ray cluster at {address}: {error}") from None
-        ensure_ray("local")
-        return "a local Ray started by the server (no cluster was running on this machine)"
+        raise FarmError(f"cannot join the Ray cluster at {address}: {error}") from None
     nodes = sum(1 for n in ray.nodes() if n.get("Alive"))
     return f"the Ray cluster at {address} ({nodes} node{'s' if nodes != 1 else ''})"
+
+
+def last_cluster() -> tuple[str, str] | None:
+    """The cluster ``auto`` means: ``$RAY_ADDRESS``, else the one this machine's last
+    ``ray start`` wrote down; with where it was found."""
+    if os.environ.get("RAY_ADDRESS"):
+        return os.environ["RAY_ADDRESS"], "$RAY_ADDRESS"
+    from ray._private.utils import get_ray_address_file
+
+    path = Path(get_ray_address_file(None))
+    try:
+        address = path.read_text().strip()
+    except OSError:
+        return None
+    return (address, str(path)) if address else None
 
 
 def serve(
@@ -50,12 +83,13 @@ def serve(
     db: str | None,
     ray_address: str | None,
     half_life: float = HALF_LIFE,
+    ray_token: Path | None = None,
 ) -> None:
     """Run until interrupted (Ctrl-C or SIGTERM); ``half_life``: fair share's, in seconds."""
     data_dir.mkdir(parents=True, exist_ok=True)
     url = db or store_url(data_dir)
     engine = open_store(url)
-    joined = join_ray(ray_address)
+    joined = join_ray(ray_address, ray_token)
     scheduler = Scheduler(engine, half_life=half_life, storage=data_dir / "train")
     scheduler.start()
     app = create_app(engine, scheduler, data_dir.absolute())

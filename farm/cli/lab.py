@@ -4,8 +4,6 @@ jobs, nodes, login). Registered on the ``farm`` group by :mod:`farm.cli.main`.""
 from __future__ import annotations
 
 import json
-import shlex
-import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -254,6 +252,11 @@ def nodes(as_json: bool) -> None:
     help="The Ray cluster to join: auto (this machine's, else a local one), an address, or local.",
 )
 @click.option(
+    "--ray-token-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The cluster's Ray token (default: $RAY_AUTH_TOKEN_PATH, else ~/.ray/auth_token).",
+)
+@click.option(
     "--half-life",
     type=click.FloatRange(min=0.001),
     default=7.0,
@@ -261,12 +264,18 @@ def nodes(as_json: bool) -> None:
     help="Fair share: days after which a user's past usage counts half.",
 )
 def server(
-    host: str, port: int, data_dir: Path, db: str | None, ray_address: str, half_life: float
+    host: str,
+    port: int,
+    data_dir: Path,
+    db: str | None,
+    ray_address: str,
+    ray_token_file: Path | None,
+    half_life: float,
 ) -> None:
     """Run the farm server: the queue, the scheduler and the API, on the head node."""
     from farm.api.server import serve  # the server's imports are the client's business only here
 
-    serve(host, port, data_dir, db, ray_address, half_life * 86_400)
+    serve(host, port, data_dir, db, ray_address, half_life * 86_400, ray_token_file)
 
 
 @click.command()
@@ -315,63 +324,4 @@ def fetch(job: int, dest: Path, as_json: bool) -> None:
         click.echo(f"job {job}: {len(fetched)} frame(s) in {dest}/")
 
 
-@click.group()
-def node() -> None:
-    """Join this machine to the lab's Ray cluster, or take it out."""
-
-
-@node.command("join")
-@click.option(
-    "--address", required=True, envvar="RAY_ADDRESS", help="The head node's Ray, e.g. head:6379."
-)
-@click.option("--lab", "labs", multiple=True, help="A lab this node serves: film, ml (repeatable).")
-@click.option(
-    "--gpus", type=click.IntRange(0, 64), help="GPUs to offer (default: Ray counts them)."
-)
-@click.option("--cpus", type=click.IntRange(1, 4096), help="CPUs to offer (default: all).")
-@click.option("--dry-run", is_flag=True, help="Print the ray start command instead of running it.")
-@json_option
-def node_join(
-    address: str,
-    labs: tuple[str, ...],
-    gpus: int | None,
-    cpus: int | None,
-    dry_run: bool,
-    as_json: bool,
-) -> None:
-    """Join the cluster at ADDRESS as a node of the given labs (ray start underneath)."""
-    from farm.cli.node import join_command, node_problems
-
-    command = join_command(address, list(labs), gpus, cpus)
-    if dry_run:
-        click.echo(json.dumps({"command": command}) if as_json else shlex.join(command))
-        return
-    problems = node_problems(address, list(labs))
-    if problems:
-        raise FarmError(problems[0])
-    done = subprocess.run(command, capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
-        raise FarmError(f"ray start failed: {tail[0]}")
-    if as_json:
-        echo_json({"address": address, "labs": sorted(set(labs))})
-    else:
-        click.echo(
-            f"joined {address} as a node of {', '.join(labs) or 'no lab'}; leave with: farm node leave"
-        )
-
-
-@node.command("leave")
-@json_option
-def node_leave(as_json: bool) -> None:
-    """Stop this machine's Ray node; its running tasks run again elsewhere."""
-    from farm.cli.node import ray_cli
-
-    subprocess.run([ray_cli(), "stop"], check=False, capture_output=True)
-    if as_json:
-        echo_json({"left": True})
-    else:
-        click.echo("this machine left the cluster")
-
-
-COMMANDS = [submit, watch, *CONTROLS, fetch, nodes, node, server, login, logout]
+COMMANDS = [submit, watch, *CONTROLS, fetch, nodes, server, login, logout]

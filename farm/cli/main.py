@@ -22,6 +22,7 @@ from farm.cli.client import server_url
 from farm.cli.comp import COMMANDS as COMP_COMMANDS
 from farm.cli.comp import check_spec, finish, run_comp, submit_comp
 from farm.cli.lab import COMMANDS, FINISHED, POLL, submit_render, watch_job
+from farm.cli.node import node
 from farm.cli.options import render_options
 from farm.cli.train import COMMANDS as TRAIN_COMMANDS
 from farm.cli.views import Farm, RemoteFarm, connect
@@ -277,7 +278,7 @@ def _print_output(attempt: dict[str, Any], text: str, as_json: bool) -> None:
     click.echo("\n".join(prefix + line for line in text.splitlines()))
 
 
-for command in [*COMMANDS, *ADMIN_COMMANDS, *TRAIN_COMMANDS, *COMP_COMMANDS]:
+for command in [*COMMANDS, node, *ADMIN_COMMANDS, *TRAIN_COMMANDS, *COMP_COMMANDS]:
     cli.add_command(command)
 
 

@@ -1,0 +1,203 @@
+"""Separate machines on one machine, for the lab-mode tests (kept out of the package).
+
+Each :class:`Machine` runs its processes in a mount and IPC namespace of its own (bubblewrap): its
+own ``/tmp`` (its ``HOME`` lives there, so no shared ``~/.ray``), its own ``/dev/shm`` (Ray's
+object store), no view of the other machines' folders (the head's data folder, the laptop's
+shot), and nothing of the farm's or Ray's settings from the test's environment. The system, the
+virtual environment and Blender stay visible read-write, as an installed lab machine has them.
+Networking stays on this machine: every machine reaches the others by this machine's address.
+The machines share one PID namespace: a Ray driver finds its node's raylet by listing processes,
+and each command of a machine is a bubblewrap of its own. Powering a machine off SIGKILLs the
+process groups it started, as pulling a node's plug does.
+
+A :class:`Lab` is how a lab is set up, step by step as the README says: ``farm node head``,
+``farm admin init`` and ``farm server`` on the head, ``farm node join`` on each node with a copy of
+the head's token, the CLI on a laptop.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import httpx
+
+# What a machine never inherits from the test's environment: each has its own settings.
+_PRIVATE = ("RAY_", "FARM_", "XDG_")
+HOME = "/tmp/home"
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class Machine:
+    """One machine of the lab: a folder of this one that holds its /tmp, home included."""
+
+    def __init__(self, lab: Path, name: str) -> None:
+        self.name = name
+        self.lab = lab
+        self.tmp = lab / name
+        (self.tmp / "home").mkdir(parents=True)
+        self.processes: list[subprocess.Popen[str]] = []
+
+    def path(self, inside: str) -> Path:
+        """Where a path of this machine's /tmp lies on the real one (for the test to look)."""
+        assert inside.startswith("/tmp/"), inside
+        return self.tmp / inside.removeprefix("/tmp/")
+
+    def argv(self, command: list[str]) -> list[str]:
+        hidden = Path.home() / ".ray"  # this machine's own Ray token: not the lab's
+        hidden.mkdir(exist_ok=True)
+        box = ["bwrap", "--dev-bind", "/", "/", "--bind", str(self.tmp), "/tmp"]
+        if not self.lab.is_relative_to("/tmp"):  # the other machines' folders out of sight
+            box += ["--tmpfs", str(self.lab)]
+        box += ["--tmpfs", str(hidden), "--tmpfs", "/dev/shm", "--unshare-ipc"]
+        return [*box, "--die-with-parent", "--chdir", HOME, "--", *command]
+
+    def env(self, extra: dict[str, str] | None = None) -> dict[str, str]:
+        kept = {k: v for k, v in os.environ.items() if not k.startswith(_PRIVATE)}
+        return {**kept, "HOME": HOME, **(extra or {})}
+
+    def run(
+        self, *command: str, env: dict[str, str] | None = None, timeout: float = 300
+    ) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            self.argv(list(command)),
+            env=self.env(env),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+
+    def start(
+        self, *command: str, log: str, env: dict[str, str] | None = None
+    ) -> subprocess.Popen[str]:
+        """A long-running process of this machine; its output goes to ``<machine>/<log>``."""
+        with (self.tmp / log).open("a") as out:
+            process = subprocess.Popen(
+                self.argv(list(command)),
+                env=self.env(env),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                text=True,
+                start_new_session=True,
+            )
+        self.processes.append(process)
+        return process
+
+    def log(self, name: str) -> str:
+        path = self.tmp / name
+        return path.read_text() if path.exists() else ""
+
+    def power_off(self) -> None:
+        """SIGKILL every process the machine started, and theirs (one process group each)."""
+        for process in self.processes:
+            if process.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+        self.processes.clear()
+
+
+class Lab:
+    """A head (Ray head + farm server), lab nodes and a laptop, each a :class:`Machine`."""
+
+    DATA = "/tmp/farm-data"  # the server's data folder, on the head
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.ray_port = free_port()
+        self.http_port = free_port()
+        self.head = Machine(root, "head")
+        self.laptop = Machine(root, "laptop")
+        self.nodes: dict[str, Machine] = {}
+        self.token = ""  # the first admin's API token
+
+    @property
+    def ray_address(self) -> str:
+        return f"127.0.0.1:{self.ray_port}"
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    def start_head(self, timeout: float = 90) -> None:
+        """``farm node head``, ``farm admin init``, ``farm server``: the README's head set-up."""
+        self.head.start(
+            "farm", "node", "head", "--port", str(self.ray_port), "--cpus", "0", "--block",
+            log="ray-head.log",
+        )  # fmt: skip
+        written = self.head.path("/tmp/ray/ray_current_cluster")  # once the head is all up
+        self._wait(written.exists, timeout, self.head, "ray-head.log")
+        init = self.head.run("farm", "admin", "init", "--data-dir", self.DATA, "--json")
+        assert init.returncode == 0, init.stderr
+        self.token = json.loads(init.stdout)["token"]
+        self.head.start(
+            "farm", "server", "--port", str(self.http_port), "--data-dir", self.DATA,
+            log="server.log",
+        )  # fmt: skip
+        self._wait(self._healthy, timeout, self.head, "server.log")
+
+    def token_copy(self, machine: Machine) -> str:
+        """Copy the head's Ray token to ``machine``, as an admin does with scp; its path there."""
+        shutil.copy(self.head.path(f"{HOME}/.ray/auth_token"), machine.path(f"{HOME}/ray-token"))
+        return f"{HOME}/ray-token"
+
+    def join(self, name: str, lab: str, cpus: int = 1, timeout: float = 90) -> Machine:
+        """A lab node joined with ``farm node join`` and the head's token."""
+        node = self.nodes[name] = Machine(self.root, name)
+        token = self.token_copy(node)
+        before = self.alive_nodes()
+        node.start(
+            "farm", "node", "join", "--address", self.ray_address, "--lab", lab,
+            "--cpus", str(cpus), "--token-file", token, "--block",
+            log="ray-node.log",
+        )  # fmt: skip
+        self._wait(lambda: self.alive_nodes() > before, timeout, node, "ray-node.log")
+        return node
+
+    def alive_nodes(self) -> int:
+        nodes = self.api().get("/nodes")
+        nodes.raise_for_status()
+        return sum(1 for n in nodes.json() if n.get("alive", True))
+
+    def api(self) -> httpx.Client:
+        return httpx.Client(
+            base_url=f"{self.url}/api/v1",
+            timeout=60,
+            headers={"Authorization": f"Bearer {self.token}"},
+        )
+
+    def farm(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+        """The farm CLI on the laptop, logged in to the server."""
+        env = {"FARM_URL": self.url, "FARM_TOKEN": self.token}
+        return self.laptop.run("farm", *args, env=env, timeout=timeout)
+
+    def close(self) -> None:
+        for machine in [*self.nodes.values(), self.head, self.laptop]:
+            machine.power_off()
+
+    def _healthy(self) -> bool:
+        with contextlib.suppress(httpx.HTTPError):
+            return httpx.get(f"{self.url}/api/v1/health", timeout=1).status_code == 200
+        return False
+
+    @staticmethod
+    def _wait(ready, timeout: float, machine: Machine, log: str) -> None:
+        deadline = time.monotonic() + timeout
+        while not ready():
+            alive = all(p.poll() is None for p in machine.processes)
+            if not alive or time.monotonic() > deadline:
+                raise AssertionError(f"{machine.name} did not come up:\n{machine.log(log)[-3000:]}")
+            time.sleep(0.3)
