@@ -4,8 +4,13 @@ and the CLI on the laptop."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
+import numpy as np
 import pytest
 
+from tests.conftest import pixels
 from tests.harness import Lab
 
 
@@ -24,7 +29,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory):
 def test_nodes_join_with_the_heads_token_and_a_wrong_token_is_refused(lab: Lab) -> None:
     nodes = lab.farm("nodes", "--json")
     assert nodes.returncode == 0, nodes.stderr
-    labs = sorted(tuple(n["labs"]) for n in __import__("json").loads(nodes.stdout) if n["alive"])
+    labs = sorted(tuple(n["labs"]) for n in json.loads(nodes.stdout) if n["alive"])
     assert labs == [(), ("film",), ("ml",)]
 
     stranger = lab.laptop
@@ -42,3 +47,92 @@ def test_nodes_join_with_the_heads_token_and_a_wrong_token_is_refused(lab: Lab) 
     assert none.stderr.strip().startswith(
         "error: no Ray cluster token at /tmp/home/.ray/auth_token"
     )
+
+
+SHOT = "/tmp/shot"  # on the laptop
+SCENE = f"{SHOT}/shots/shot.blend"
+
+
+@pytest.fixture(scope="module")
+def shot(lab: Lab, blender: str) -> str:
+    """The trainee's textured shot (tests/textured_shot.py), built on the laptop, and Blender's
+    own render of its two frames there: the reference."""
+    builder = lab.laptop.path("/tmp/textured_shot.py")
+    builder.write_text((Path(__file__).parent / "textured_shot.py").read_text())
+    build = [blender, "-b", "--factory-startup", "--python-exit-code", "1"]
+    built = lab.laptop.run(*build, "--python", "/tmp/textured_shot.py", "--", SHOT)
+    assert built.returncode == 0, built.stdout + built.stderr
+    reference = [blender, "-b", "--factory-startup", SCENE, "-o", "/tmp/ref/ref_####"]
+    rendered = lab.laptop.run(*reference, "-s", "1", "-e", "2", "-a")
+    assert rendered.returncode == 0, rendered.stdout + rendered.stderr
+    return SCENE
+
+
+def test_a_shot_with_textures_a_sequence_and_a_library_renders_on_the_film_node_bit_for_bit(
+    lab: Lab, shot: str
+) -> None:
+    """Nothing of the shot is on the head or the node: the scene and the six files it uses travel
+    by hash, the node lays them out and Blender finds them; a second submission sends nothing."""
+    first = lab.farm(
+        "submit", "render", shot, "--upload", "--lab", "film", "--threads", "1", "--json"
+    )
+    assert first.returncode == 0, first.stderr
+    submitted = json.loads(first.stdout)
+    total = sum(
+        lab.laptop.path(p).stat().st_size
+        for p in [
+            SCENE,
+            f"{SHOT}/tex/wood.png",
+            f"{SHOT}/abs/marble.png",
+            f"{SHOT}/assets/props.blend",
+            f"{SHOT}/assets/tex/libtex.png",
+            *(f"{SHOT}/tex/seq/frame_{f:04d}.png" for f in (1, 2, 3)),
+        ]
+    )
+    assert submitted["sent"] == {"files": 8, "bytes": total, "of": 8}
+    job = str(submitted["id"])
+    watched = lab.farm("watch", job)
+    assert watched.returncode == 0, watched.stdout + watched.stderr
+    fetched = lab.farm("fetch", job, "/tmp/frames", "--json")
+    assert fetched.returncode == 0, fetched.stderr
+    frames = sorted(json.loads(fetched.stdout)["files"])
+    assert [Path(f).name for f in frames] == ["shot_0001.exr", "shot_0002.exr"]
+    for frame, path in zip((1, 2), frames, strict=True):
+        farm_pixels = pixels(lab.laptop.path(path))
+        assert np.array_equal(farm_pixels, pixels(lab.laptop.path(f"/tmp/ref/ref_{frame:04d}.exr")))
+    assert not np.array_equal(
+        pixels(lab.laptop.path(frames[0])), pixels(lab.laptop.path(frames[1]))
+    )
+    attempts = json.loads(lab.farm("logs", job, "--json").stdout)
+    film = lab.nodes["film"]
+    assert {a["node"] for a in attempts} == {node_id(lab, "film")}, attempts
+    trees = film.path("/tmp/home/.cache/farm/node/trees")  # the node's cache: the shot laid out
+    assert len(list(trees.glob(f"*/{SCENE.lstrip('/')}"))) == 1
+
+    again = lab.farm("submit", "render", shot, "--upload", "--threads", "1", "--json")
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout)["sent"] == {"files": 0, "bytes": 0, "of": 8}
+    lab.api().post(f"/jobs/{json.loads(again.stdout)['id']}/cancel")
+
+
+def test_a_shot_missing_a_texture_is_refused_at_submission_naming_it(lab: Lab, shot: str) -> None:
+    texture = lab.laptop.path(f"{SHOT}/tex/wood.png")
+    kept = texture.read_bytes()
+    texture.unlink()
+    try:
+        jobs = lab.api().get("/jobs").json()
+        refused = lab.farm("submit", "render", shot, "--upload")
+        assert refused.returncode == 2
+        assert refused.stderr.strip() == (
+            f"error: shot.blend: image 'wood.png' uses {SHOT}/tex/wood.png, which does not exist"
+        )
+        assert lab.api().get("/jobs").json() == jobs
+    finally:
+        texture.write_bytes(kept)
+
+
+def node_id(lab: Lab, name: str) -> str:
+    """The Ray node id of the lab node ``name`` (the one whose labs include it)."""
+    nodes = lab.api().get("/nodes").json()
+    [node] = [n for n in nodes if n["alive"] and name in n["labs"]]
+    return node["id"]

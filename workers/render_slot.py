@@ -19,6 +19,7 @@ from typing import Any
 from farm.tiling.imagefile import Pixels, read_pixels
 from pipelines.render import RenderTask
 from workers.blender_session import BlenderSession, SessionOptions
+from workers.scene_cache import Bundle, materialize, node_cache
 
 PROGRESS_INTERVAL = 0.5  # seconds between progress updates of one slot
 
@@ -49,6 +50,8 @@ class RenderSlot:
         options: SessionOptions,
         settings: dict[str, Any],
         progress: Any = None,
+        bundle: Bundle | None = None,
+        shipped: dict[str, Any] | None = None,
     ) -> None:
         if not options.blender:  # each lab node may have its own Blender
             from farm.config import find_blender
@@ -57,6 +60,8 @@ class RenderSlot:
         self.session = BlenderSession(options)
         self.settings = settings
         self.progress = progress
+        self.bundle = bundle  # an uploaded scene and its files: laid out on this node first
+        self.shipped = shipped or {}  # their ObjectRefs by sha256, fetched only where missing
         self.folder = Path(tempfile.mkdtemp(prefix="farm-slot-"))
 
     def open(self, settings: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -65,6 +70,8 @@ class RenderSlot:
         if settings is not None:
             self.settings = settings
         if not self.session.alive:
+            if self.bundle is not None:
+                self._lay_out(self.bundle)
             self.session.start()
             self.session.configure(self._device_settings())
         elif changed:
@@ -72,6 +79,16 @@ class RenderSlot:
         import ray
 
         return {**self.session.info, "node": ray.get_runtime_context().get_node_id()}
+
+    def _lay_out(self, bundle: Bundle) -> None:
+        """The uploaded scene and its files into this node's cache (each fetched once a node, by
+        whichever slot comes first), and Blender pointed at them there."""
+        import ray
+
+        cache = node_cache()
+        scene = materialize(bundle, lambda digest: ray.get(self.shipped[digest]), cache)
+        root = cache / "trees" / bundle.id
+        self.session.options = replace(self.session.options, scene=scene, remap_root=str(root))
 
     def _device_settings(self) -> dict[str, Any]:
         """GPU devices render on GPUs only where Ray gave this slot some; else the CPU."""

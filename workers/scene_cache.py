@@ -139,6 +139,12 @@ def _checked(bundle: Bundle) -> tuple[dict[tuple[str, ...], str], tuple[str, ...
     return layout, scene
 
 
+def check(bundle: Bundle) -> None:
+    """Refuse (``ValueError``, one line) a bundle no node could lay out: what the server checks at
+    submission, so a bad one fails there and not on every node."""
+    _checked(bundle)
+
+
 @contextlib.contextmanager
 def _locked(path: Path) -> Iterator[None]:
     """An exclusive ``flock`` on ``path`` (made if missing), held for the block."""

@@ -30,7 +30,7 @@ from farm.api.cluster import Cluster
 from farm.api.errors import invalid, refused, single_query_values
 from farm.errors import FarmError
 from farm.scheduler.loop import Scheduler
-from farm.store.scenes import SceneStore
+from farm.store.scenes import ContentStore, SceneStore
 
 health_router = APIRouter()
 """The server's own route: the one call without a token."""
@@ -64,6 +64,7 @@ def create_app(engine: Engine, scheduler: Scheduler, data: Path) -> FastAPI:
     app.state.scheduler = scheduler
     app.state.data = data
     app.state.scenes = SceneStore(data / "scenes")
+    app.state.files = ContentStore(data / "files")
     app.state.cluster = Cluster()
     app.state.admission = threading.Lock()  # one admission at a time: see submissions.Admission
     app.middleware("http")(single_query_values)

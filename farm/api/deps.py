@@ -19,7 +19,7 @@ from farm.accounts import auth
 from farm.accounts.access import Caller, caller_for
 from farm.api.cluster import Cluster
 from farm.scheduler.loop import Scheduler
-from farm.store.scenes import SceneStore
+from farm.store.scenes import ContentStore, SceneStore
 from farm.store.tables import session
 
 
@@ -67,6 +67,14 @@ def scenes(request: Request) -> SceneStore:
 
 
 Scenes = Annotated[SceneStore, Depends(scenes)]
+
+
+def files(request: Request) -> ContentStore:
+    """The files uploaded scenes use (textures, libraries, caches), by content."""
+    return request.app.state.files
+
+
+Files = Annotated[ContentStore, Depends(files)]
 
 
 def cluster(request: Request) -> Cluster:

@@ -11,6 +11,7 @@ from pipelines import probe, train
 Text = Annotated[str, Field(max_length=4096)]
 Short = Annotated[str, Field(max_length=64)]
 Lab = Annotated[str, Field(pattern=LAB_PATTERN)]
+Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
 
 
 class Submission(BaseModel):
@@ -48,6 +49,15 @@ class RenderSubmission(Submission):
     lab: Lab | None = None
     name: Annotated[str, Field(max_length=256)] | None = Field(
         None, description="The job's name (default: the scene's file name)."
+    )
+    origin: Text | None = Field(
+        None, description="An uploaded scene's path where it was submitted from."
+    )
+    files: dict[Text, Sha256] = Field(
+        default_factory=dict,
+        max_length=100_000,
+        description="Every file an uploaded scene uses: its path where it was submitted from → "
+        "the sha256 it was uploaded as (PUT /files/{digest}).",
     )
 
 
@@ -94,6 +104,20 @@ class CompSubmission(Submission):
 
 class Scene(BaseModel):
     scene: str = Field(description="What a render submission names it by: sha256:<digest>.")
+    bytes: int
+
+
+class FileList(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    digests: list[Sha256] = Field(max_length=100_000, description="sha256 digests of files.")
+
+
+class Missing(BaseModel):
+    missing: list[str] = Field(description="The digests the server lacks: upload these.")
+
+
+class StoredFile(BaseModel):
+    file: str = Field(description="The file's sha256, as a submission's files name it.")
     bytes: int
 
 

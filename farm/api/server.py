@@ -90,7 +90,12 @@ def serve(
     url = db or store_url(data_dir)
     engine = open_store(url)
     joined = join_ray(ray_address, ray_token)
-    scheduler = Scheduler(engine, half_life=half_life, storage=data_dir / "train")
+    scheduler = Scheduler(
+        engine,
+        half_life=half_life,
+        storage=data_dir / "train",
+        uploads=data_dir.absolute() / "files",
+    )
     scheduler.start()
     app = create_app(engine, scheduler, data_dir.absolute())
     where = url if "@" not in url else url.split("@", 1)[1]  # never print a password

@@ -6,7 +6,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends
 from sqlalchemy.orm import Session
@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 from farm.accounts import standing as accounts
 from farm.accounts.access import Caller, confine, output_root
 from farm.accounts.standing import Ask
-from farm.api.deps import AdmissionLock, ClusterCheck, Data, Db, Me, Scenes, Sched
+from farm.api.deps import AdmissionLock, ClusterCheck, Data, Db, Files, Me, Scenes, Sched
 from farm.api.models import (
     Accepted,
     CompSubmission,
@@ -23,13 +23,14 @@ from farm.api.models import (
     TrainSubmission,
     refusals,
 )
-from farm.errors import Forbidden
+from farm.errors import FarmError, Forbidden
 from farm.scheduler.kinds import comp as comp_job
 from farm.scheduler.loop import Scheduler
 from farm.store import submit
 from pipelines import probe, render, train
 from pipelines.probe import ProbeSpec
 from pipelines.render import RenderRequest
+from workers import scene_cache
 
 router = APIRouter()
 
@@ -75,10 +76,11 @@ def submit_render(
     me: Me,
     data: Data,
     scenes: Scenes,
+    files: Files,
     cluster: ClusterCheck,
     admit: Admit,
 ) -> Accepted:
-    fields = body.model_dump(exclude=RUN_FIELDS)
+    fields = body.model_dump(exclude=RUN_FIELDS | {"origin", "files"})
     if body.allow_scripts and me.role == "trainee":
         raise Forbidden("only instructors and admins may run a scene's own scripts")
     root = output_root(accounts.standing_of(db, me.name), data)
@@ -98,6 +100,7 @@ def submit_render(
         "lab": body.lab,
         "memory": body.memory,
         "digest": digest,
+        **bundle(body, digest, files),
     }
     name = body.name or spec.scene.name
     return admit(
@@ -151,3 +154,22 @@ def submit_comp(
             db, spec, me.name, body.priority, body.after, enrolment, body.lab, body.name
         ),
     )
+
+
+def bundle(body: RenderSubmission, digest: str | None, files: Files) -> dict[str, Any]:
+    """An uploaded scene and every file it uses, as its slots lay them out on a node: each path
+    as it was where the scene was submitted from, so the scene's relative paths keep working."""
+    if digest is None:
+        if body.files or body.origin:
+            raise FarmError("files and origin belong to an uploaded scene (scene: sha256:…)")
+        return {}
+    origin = body.origin or f"/uploaded/{digest}.blend"
+    if missing := files.missing(list(body.files.values())):
+        path = next(p for p, d in body.files.items() if d == missing[0])
+        raise FarmError(f"{path} (sha256:{missing[0]}) was not uploaded: PUT /files/{missing[0]}")
+    listed = sorted({**body.files, origin: digest}.items())
+    try:
+        scene_cache.check(scene_cache.Bundle(origin, tuple(listed)))
+    except ValueError as error:
+        raise FarmError(f"the scene's files: {error}") from None
+    return {"origin": origin, "files": [list(pair) for pair in listed]}

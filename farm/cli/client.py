@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ import httpx
 
 from farm.api import PREFIX
 from farm.errors import BY_STATUS, FarmError, NotFound
+from farm.scene_files import scene_files
 from farm.store.scenes import digest_of
 
 TIMEOUT = 30.0
@@ -81,17 +83,45 @@ class Client:
     def put(self, path: str, body: dict[str, Any]) -> Any:
         return self.call("PUT", path, json=body)
 
-    def upload_scene(self, path: Path) -> str:
-        """Send a .blend to the server unless it has it already; returns its ``sha256:`` name."""
-        if not path.is_file():
-            raise FarmError(f"scene file {path} does not exist")
+    @property
+    def on_this_machine(self) -> bool:
+        """Whether the server runs here, where it can read the user's files as they are."""
+        host = httpx.URL(self.url).host
+        return host in ("localhost", "127.0.0.1", "::1", socket.gethostname(), socket.getfqdn())
+
+    def upload_shot(self, scene: Path) -> dict[str, Any]:
+        """Send a .blend and every file it uses (Blender lists them here, where they are) to the
+        server, each only if the server lacks it; returns what a render submission names them by.
+        A file the scene uses that is missing here is refused before anything is sent."""
+        if not scene.is_file():
+            raise FarmError(f"scene file {scene} does not exist")
+        files = {dep.path: digest_of(Path(dep.path)) for dep in scene_files(scene)}
+        listed = {"digests": sorted(set(files.values()))}
+        missing = set(self.post("/files/missing", listed)["missing"])
+        sent = {"files": 0, "bytes": 0, "of": len(files) + 1}
+        for path, digest in sorted(files.items()):
+            if digest in missing:
+                with open(path, "rb") as data:
+                    sent["bytes"] += self.call("PUT", f"/files/{digest}", content=data)["bytes"]
+                sent["files"] += 1
+                missing.discard(digest)
+        name, size = self.upload_scene(scene)
+        sent["files"] += size > 0
+        sent["bytes"] += size
+        origin = str(scene.absolute())
+        return {"scene": name, "name": scene.name, "origin": origin, "files": files, "sent": sent}
+
+    def upload_scene(self, path: Path) -> tuple[str, int]:
+        """Send a .blend to the server unless it has it already; returns its ``sha256:`` name and
+        the bytes sent."""
         digest = digest_of(path)
         try:
-            return self.get(f"/scenes/{digest}")["scene"]
+            return self.get(f"/scenes/{digest}")["scene"], 0
         except NotFound:
             pass
         with path.open("rb") as data:
-            return self.call("PUT", f"/scenes/{digest}", content=data)["scene"]
+            stored = self.call("PUT", f"/scenes/{digest}", content=data)
+        return stored["scene"], stored["bytes"]
 
     def download(self, path: str, target: Path) -> None:
         """Save what ``path`` serves into ``target``, atomically."""

@@ -27,26 +27,33 @@ POLL = 0.5  # seconds between reads of a watched job
 FINISHED = ("done", "failed", "cancelled")
 
 
-def submission(client: Client, kwargs: dict[str, Any]) -> dict[str, Any]:
+def submission(client: Client, kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, int]]:
     """The API body for the render options as the CLI parsed them. Paths are made absolute here so
     the server reads and writes what the user named (on storage both can see); with ``--upload``
-    the scene travels to the server and a relative output lands in the server's outputs folder."""
+    (the default for a server on another machine) the scene and every file it uses travel to the
+    server and a relative output lands in the server's outputs folder. Returns the body and what
+    was sent (only what the server lacked)."""
     body = {k: v for k, v in kwargs.items() if v is not None}
     body["format"] = body.pop("fmt", None)
     scene = user_path("scene", body["scene"])
-    if body.pop("upload", False):
-        body["scene"], body["name"] = client.upload_scene(scene), scene.name
+    upload = body.pop("upload", None)
+    sent: dict[str, int] = {}
+    if upload or (upload is None and not client.on_this_machine):
+        body.update(client.upload_shot(scene))
+        sent = body.pop("sent")
     else:
         body["scene"] = str(scene.absolute())
         if body.get("output"):
             body["output"] = str(user_path("output", body["output"]).absolute())
     body["after"] = list(body.get("after", ()))
-    return {k: v for k, v in body.items() if v is not None}
+    return {k: v for k, v in body.items() if v is not None}, sent
 
 
-def submit_render(kwargs: dict[str, Any]) -> int:
+def submit_render(kwargs: dict[str, Any]) -> tuple[int, dict[str, int]]:
+    """The job's id, and what was uploaded for it."""
     client = remote("farm submit render").client
-    return client.post("/jobs/render", submission(client, kwargs))["id"]
+    body, sent = submission(client, kwargs)
+    return client.post("/jobs/render", body)["id"], sent
 
 
 def lab_options(function: Any) -> Any:
@@ -90,11 +97,16 @@ def submit() -> None:
 def submit_render_command(scene: str, **kwargs: Any) -> None:
     """Queue a render of SCENE on the server (the options of `farm render`)."""
     as_json = kwargs.pop("as_json")
-    job = submit_render({"scene": scene, **kwargs})
+    job, sent = submit_render({"scene": scene, **kwargs})
     if as_json:
-        echo_json({"id": job, "state": "queued"})
-    else:
-        click.echo(f"job {job} queued; follow it with: farm watch {job}")
+        echo_json({"id": job, "state": "queued", **({"sent": sent} if sent else {})})
+        return
+    if sent:
+        click.echo(
+            f"sent {sent['files']} of the shot's {sent['of']} files "
+            f"({sent['bytes'] / 1e6:.1f} MB); the server had the rest"
+        )
+    click.echo(f"job {job} queued; follow it with: farm watch {job}")
 
 
 @submit.command("probe")

@@ -41,7 +41,7 @@ def _render(scene: str, kwargs: dict[str, Any]) -> None:
     comp = check_spec(kwargs.pop("comp", None))
     as_json = kwargs.pop("as_json")
     if server_url():  # lab mode: the server renders; follow it here as if it ran here
-        job = submit_render({"scene": scene, **kwargs, "after": ()})
+        job, _ = submit_render({"scene": scene, **kwargs, "after": ()})
         comp_job = submit_comp(comp, [job], 50, None) if comp is not None else None
         info = watch_job(RemoteFarm(server_url() or ""), job, as_json and comp is None)
         if info["state"] != "done":

@@ -85,9 +85,10 @@ def render_options(function: Any) -> Any:
             help="Seconds Blender may print nothing before the attempt fails.",
         ),
         click.option(
-            "--upload",
-            is_flag=True,
-            help="Send the scene to the farm server (for machines without the lab's shared storage).",
+            "--upload/--no-upload",
+            default=None,
+            help="Send the scene and every file it uses to the farm server (the default when the "
+            "server is on another machine); --no-upload: the paths are on the lab's shared drive.",
         ),
         json_option,
     ]

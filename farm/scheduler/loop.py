@@ -65,9 +65,11 @@ class Scheduler(Admission, Outcomes, Commands):
         idle_seconds: float = 60.0,
         half_life: float = fairshare.HALF_LIFE,
         storage: Path | None = None,  # training runs' results and checkpoints, one folder a job
+        uploads: Path | None = None,  # the files uploaded scenes use (a server's data folder)
     ) -> None:
         self.engine = engine
         self.storage = (storage or farm_home() / "train").absolute()
+        self.uploads = uploads
         self.db = session(engine)
         self.blender = blender
         self.idle_seconds = idle_seconds
@@ -159,7 +161,7 @@ class Scheduler(Admission, Outcomes, Commands):
     @property
     def pool(self) -> SlotPool:
         if self._pool is None:
-            self._pool = SlotPool(self.blender or "", self.progress)
+            self._pool = SlotPool(self.blender or "", self.progress, self.uploads)
         return self._pool
 
     @property

@@ -21,6 +21,7 @@ import ray
 from farm.labs import LAB_SHARE, avoiding, lab_resource
 from workers.blender_session import SessionOptions
 from workers.render_slot import RenderSlot
+from workers.scene_cache import Bundle
 
 
 @dataclass(frozen=True)
@@ -35,7 +36,7 @@ class SlotProfile:
     stall_timeout: float
     settings: str  # the job's Blender overrides, as canonical JSON
     lab: str | None = None
-    digest: str | None = None  # an uploaded scene's sha256: nodes without the file fetch it
+    bundle: Bundle | None = None  # an uploaded scene and its files: each node lays them out
     memory: int = 0  # bytes the slot reserves (0: none asked)
 
     @classmethod
@@ -47,7 +48,7 @@ class SlotProfile:
         allow_scripts: bool,
         stall_timeout: float,
         lab: str | None,
-        digest: str | None = None,
+        bundle: Bundle | None = None,
         memory: int = 0,
     ) -> SlotProfile:
         stat = scene.stat()
@@ -60,7 +61,7 @@ class SlotProfile:
             stall_timeout=stall_timeout,
             settings=json.dumps(settings, sort_keys=True),
             lab=lab,
-            digest=digest,
+            bundle=bundle,
             memory=memory,
         )
 
@@ -98,10 +99,11 @@ class Slot:
 class SlotPool:
     """Every slot the scheduler holds, by profile."""
 
-    def __init__(self, blender: str, progress: Any) -> None:
+    def __init__(self, blender: str, progress: Any, uploads: Path | None = None) -> None:
         self.blender = blender
         self.progress = progress
         self.slots: list[Slot] = []
+        self.shipments = Shipments(uploads)
 
     def create(self, profile: SlotProfile, avoid: set[str] | frozenset[str] = frozenset()) -> Slot:
         """Start a slot (placed by Ray, never on a node in ``avoid``); it opens in the background."""
@@ -122,10 +124,11 @@ class SlotPool:
             options["memory"] = profile.memory
         if avoid:
             options["label_selector"] = avoiding(avoid)
+        shipped = self.shipments.put(profile) if profile.bundle else None
         actor = (
             ray.remote(RenderSlot)
             .options(**options)
-            .remote(session, json.loads(profile.settings), self.progress)
+            .remote(session, json.loads(profile.settings), self.progress, profile.bundle, shipped)
         )
         slot = Slot(actor, profile, opening=actor.open.remote())
         self.slots.append(slot)
@@ -140,6 +143,7 @@ class SlotPool:
         worker anyway)."""
         if slot in self.slots:
             self.slots.remove(slot)
+            self.shipments.keep({s.profile.bundle for s in self.slots})
         if graceful and slot.ready:
             ray.wait([slot.actor.close.remote()], timeout=5)
         ray.kill(slot.actor)
@@ -161,3 +165,32 @@ class SlotPool:
             ray.wait([s.actor.close.remote() for s in idle], num_returns=len(idle), timeout=5)
         for slot in list(self.slots):
             self.remove(slot)
+
+
+class Shipments:
+    """Uploaded files in Ray's object store: each put once, from the server's folder, and held
+    while a slot may still fetch it (a slot on a new node, a slot restarted)."""
+
+    def __init__(self, uploads: Path | None) -> None:
+        self.uploads = uploads  # <data-dir>/files: what the scenes use
+        self.refs: dict[str, Any] = {}
+
+    def put(self, profile: SlotProfile) -> dict[str, Any]:
+        """The ObjectRefs of ``profile``'s bundle by sha256 (the scene is the profile's own file)."""
+        assert profile.bundle is not None
+        for original, digest in profile.bundle.files:
+            if digest not in self.refs:
+                if original == profile.bundle.scene:
+                    path = Path(profile.scene)
+                elif self.uploads is None:
+                    raise RuntimeError("a bundle's files need the server's uploads folder")
+                else:
+                    path = self.uploads / digest
+                self.refs[digest] = ray.put(path.read_bytes())
+        return {digest: self.refs[digest] for _, digest in profile.bundle.files}
+
+    def keep(self, bundles: set[Bundle | None]) -> None:
+        """Let Ray free what no bundle in ``bundles`` uses."""
+        used = {digest for b in bundles if b is not None for _, digest in b.files}
+        for digest in set(self.refs) - used:
+            del self.refs[digest]

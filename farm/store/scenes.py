@@ -1,9 +1,11 @@
-"""Scenes uploaded to the server, stored by content: ``<data-dir>/scenes/<sha256>.blend``.
+"""What trainees upload, stored by content: scenes as ``<data-dir>/scenes/<sha256>.blend``, every
+file a scene uses (textures, sequences, libraries, caches) as ``<data-dir>/files/<sha256>``.
 
-A trainee without the lab's shared storage uploads the .blend once (``farm submit render
---upload``); the same file uploaded again is not sent twice. Render slots on other nodes get it
-through Ray's object store and keep it in their node's cache under the same hash, so a node fetches
-a scene once however many jobs render it.
+A trainee without the lab's shared storage uploads a shot once (``farm submit render --upload``);
+a file the server has already is not sent again, whoever sent it and under whatever name (as
+Flamenco's Shaman does). Render slots on other nodes get the files through Ray's object store and
+keep them in their node's cache under the same hash, so a node fetches a file once however many
+jobs use it.
 """
 
 from __future__ import annotations
@@ -36,14 +38,29 @@ def digest_of(path: Path) -> str:
     return hasher.hexdigest()
 
 
-class SceneStore:
+class ContentStore:
+    """Files by their sha256 in one folder."""
+
+    def __init__(self, folder: Path, suffix: str = "") -> None:
+        self.folder = folder
+        self.suffix = suffix
+
+    def path(self, digest: str) -> Path:
+        return self.folder / f"{check_digest(digest)}{self.suffix}"
+
+    def missing(self, digests: list[str]) -> list[str]:
+        """The digests among ``digests`` this store lacks, in their order, each once."""
+        return [d for d in dict.fromkeys(digests) if not self.path(d).is_file()]
+
+    def upload(self, digest: str) -> Upload:
+        return Upload(self.path(digest))
+
+
+class SceneStore(ContentStore):
     """The server's uploaded scenes."""
 
     def __init__(self, folder: Path) -> None:
-        self.folder = folder
-
-    def path(self, digest: str) -> Path:
-        return self.folder / f"{check_digest(digest)}.blend"
+        super().__init__(folder, ".blend")
 
     def resolve(self, scene: str) -> tuple[str, str | None]:
         """A submission's scene as a server path, and its digest if it was uploaded."""
@@ -56,9 +73,6 @@ class SceneStore:
                 f"no uploaded scene {scene}: upload it first (farm submit render --upload)"
             )
         return str(path), digest
-
-    def upload(self, digest: str) -> Upload:
-        return Upload(self.path(digest))
 
 
 class Upload:
@@ -84,7 +98,7 @@ class Upload:
     def finish(self) -> int:
         """Keep the scene if its bytes match its name; returns its size."""
         self.out.close()
-        digest = self.target.stem
+        digest = self.target.name[:64]
         if self.hasher.hexdigest() != digest:
             raise FarmError(f"the upload's sha256 is {self.hasher.hexdigest()}, not {digest}")
         os.replace(self.temp, self.target)

@@ -25,11 +25,22 @@ from farm.tiling.imagefile import Pixels, write_bytes, write_frame
 from pipelines import render
 from pipelines.render import JobPlan, RenderSpec, RenderTask
 from workers.render_slot import FrameOutput, TaskResult
+from workers.scene_cache import Bundle
 
 # Tasks queued on one slot: the next task waits in the actor's mailbox, so a slot never idles for
 # a driver round trip between two tasks.
 SLOT_DEPTH = 2
 SLOT_START_FAILURES = 3  # slots of a job that fail to start in a row before its tasks fail
+
+
+def bundle_of(run: dict[str, Any]) -> Bundle | None:
+    """An uploaded scene's bundle as its submission stored it (older jobs: the scene alone)."""
+    digest = run.get("digest")
+    if digest is None:
+        return None
+    origin = run.get("origin") or f"/uploaded/{digest}.blend"
+    files = run.get("files") or [[origin, digest]]
+    return Bundle(origin, tuple((path, sha) for path, sha in files))
 
 
 class RenderJob(ActiveJob):
@@ -44,7 +55,7 @@ class RenderJob(ActiveJob):
         self.max_slots: int | None = run.get("slots")
         self.stall_timeout: float = run.get("stall_timeout", 600.0)
         self.lab: str | None = run.get("lab")
-        self.digest: str | None = run.get("digest")  # the scene was uploaded
+        self.bundle = bundle_of(run)  # the scene was uploaded, with the files it uses
         self.memory: int = run.get("memory") or 0
         self.plan: JobPlan | None = None
         self.written = dict(written)  # frame → path: on disk
@@ -81,7 +92,7 @@ class RenderJob(ActiveJob):
             self.spec.allow_scripts,
             self.stall_timeout,
             self.lab,
-            self.digest,
+            self.bundle,
             self.memory,
         )
 
