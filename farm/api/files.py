@@ -28,7 +28,7 @@ async def upload_scene(digest: Digest, request: Request, _: Me, scenes: Scenes) 
     return Scene(scene=f"{SCENE_PREFIX}{digest}", bytes=await _store(scenes, digest, request))
 
 
-@router.post("/files/missing", responses=refusals(422))
+@router.post("/files/missing", responses=refusals(400, 422))
 def missing_files(body: FileList, _: Me, files: Files) -> Missing:
     """Which of a scene's files the server lacks: the client sends only those."""
     return Missing(missing=files.missing(body.digests))
