@@ -293,7 +293,7 @@ LONGEST_FIRST = [
     "test_cluster",
     "test_comp",
     "test_labs",
-    "test_lab_mode",
+    "test_lab_machines",
     "test_color",
     "test_fairshare",
 ]

@@ -140,7 +140,9 @@ class Lab:
         )  # fmt: skip
         written = self.head.path("/tmp/ray/ray_current_cluster")  # once the head is all up
         self._wait(written.exists, timeout, self.head, "ray-head.log")
-        init = self.head.run("farm", "admin", "init", "--data-dir", self.DATA, "--json")
+        init = self.head.run(
+            "farm", "admin", "init", "--data-dir", self.DATA, "--name", "admin", "--json"
+        )
         assert init.returncode == 0, init.stderr
         self.token = json.loads(init.stdout)["token"]
         self.head.start(

@@ -5,11 +5,14 @@ and the CLI on the laptop."""
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pytest
 
+from farm.store.scenes import digest_of
 from tests.conftest import pixels
 from tests.harness import Lab
 
@@ -136,3 +139,87 @@ def node_id(lab: Lab, name: str) -> str:
     nodes = lab.api().get("/nodes").json()
     [node] = [n for n in nodes if n["alive"] and name in n["labs"]]
     return node["id"]
+
+
+def test_uploads_are_checked_and_outputs_stay_in_the_users_folder(lab: Lab, shot: str) -> None:
+    """The same scene again is not stored twice; bytes that do not match their name are refused;
+    a relative output may not climb out of the user's folder on the server."""
+    api = lab.api()
+    digest = digest_of(lab.laptop.path(SCENE))
+    stored = api.get(f"/scenes/{digest}").json()
+    assert stored == {"scene": f"sha256:{digest}", "bytes": lab.laptop.path(SCENE).stat().st_size}
+    wrong = api.put(f"/scenes/{'0' * 64}", content=b"not that")
+    assert wrong.status_code == 400 and "sha256 is" in wrong.json()["detail"]
+    wrong = api.put(f"/files/{'0' * 64}", content=b"not that")
+    assert wrong.status_code == 400 and "sha256 is" in wrong.json()["detail"]
+    assert api.post("/files/missing", json={"digests": ["0" * 64]}).json() == {
+        "missing": ["0" * 64]
+    }
+    escape = lab.farm("submit", "render", shot, "--upload", "-o", "../../x_####.exr")
+    assert escape.returncode == 2
+    folder = f"{Lab.DATA}/outputs/admin"
+    assert (
+        escape.stderr.strip() == f"error: output '../../x_####.exr' is outside your folder {folder}"
+    )
+
+
+def test_cancel_stops_the_nodes_blenders_and_nothing_is_left_queued(lab: Lab, make_scene) -> None:
+    slow = make_scene(96, 54, samples=3000, frames=6)  # frames of several seconds
+    laptop_scene = lab.laptop.path("/tmp/slow/slow.blend")
+    laptop_scene.parent.mkdir(parents=True, exist_ok=True)
+    laptop_scene.write_bytes(slow.read_bytes())
+    api = lab.api()
+    submitted = lab.farm(
+        "submit", "render", "/tmp/slow/slow.blend", "--upload", "--threads", "1", "--json"
+    )
+    assert submitted.returncode == 0, submitted.stderr
+    job = json.loads(submitted.stdout)["id"]
+    assert wait_until(lambda: api.get(f"/jobs/{job}").json()["tasks"]["running"], 60), "no task ran"
+    assert wait_until(lambda: blenders_on("slow.blend"), 30)
+
+    cancelled = lab.farm("cancel", str(job))
+    assert cancelled.returncode == 0 and cancelled.stdout.strip() == f"job {job}: cancelled"
+    # The slots that rendered the job died with their Blenders; a warm slot still opening on the
+    # scene may stay for the next job, idle.
+    assert wait_until(lambda: not rendering(blenders_on("slow.blend")), 15), "a Blender rendered on"
+    assert wait_until(lambda: api.get(f"/jobs/{job}").json()["tasks"]["running"] == 0, 15)
+    status = api.get(f"/jobs/{job}").json()
+    assert status["state"] == "cancelled"
+    assert status["tasks"]["queued"] == 0 and status["tasks"]["cancelled"] == 6
+    assert api.get(f"/jobs/{job}/outputs").json() == []
+    again = lab.farm("cancel", str(job))
+    assert again.returncode == 2
+    assert again.stderr.strip() == f"error: job {job} is cancelled: nothing to change"
+
+
+def wait_until(predicate, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def blenders_on(name: str) -> list[psutil.Process]:
+    """The Blenders (of any machine: they share the process table) with ``name`` open."""
+    return [
+        p
+        for p in psutil.process_iter(["name", "cmdline"])
+        if "blender" in (p.info["name"] or "") and name in " ".join(p.info["cmdline"] or [])
+    ]
+
+
+def rendering(blenders: list[psutil.Process]) -> list[psutil.Process]:
+    """The Blenders that used the CPU in the last half second."""
+
+    def cpu(process: psutil.Process) -> float:
+        try:
+            times = process.cpu_times()
+        except psutil.NoSuchProcess:
+            return 0.0
+        return times.user + times.system
+
+    before = {p: cpu(p) for p in blenders}
+    time.sleep(0.5)
+    return [p for p in blenders if cpu(p) - before[p] > 0.1]
