@@ -24,6 +24,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -32,6 +33,7 @@ import httpx
 # What a machine never inherits from the test's environment: each has its own settings.
 _PRIVATE = ("RAY_", "FARM_", "XDG_")
 HOME = "/tmp/home"
+REPO = Path(__file__).resolve().parents[1]
 
 
 def free_port() -> int:
@@ -61,12 +63,16 @@ class Machine:
         box = ["bwrap", "--dev-bind", "/", "/", "--bind", str(self.tmp), "/tmp"]
         if not self.lab.is_relative_to("/tmp"):  # the other machines' folders out of sight
             box += ["--tmpfs", str(self.lab)]
+        for installed in {REPO, Path(sys.prefix)}:  # a checkout under /tmp stays installed
+            if installed.is_relative_to("/tmp"):
+                box += ["--bind", str(installed), str(installed)]
         box += ["--tmpfs", str(hidden), "--tmpfs", "/dev/shm", "--unshare-ipc"]
         return [*box, "--die-with-parent", "--chdir", HOME, "--", *command]
 
     def env(self, extra: dict[str, str] | None = None) -> dict[str, str]:
         kept = {k: v for k, v in os.environ.items() if not k.startswith(_PRIVATE)}
-        return {**kept, "HOME": HOME, **(extra or {})}
+        path = os.pathsep.join([str(Path(sys.executable).parent), kept.get("PATH", "")])
+        return {**kept, "PATH": path, "HOME": HOME, **(extra or {})}  # this `farm`, as installed
 
     def run(
         self, *command: str, env: dict[str, str] | None = None, timeout: float = 300
