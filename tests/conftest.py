@@ -287,13 +287,13 @@ LONGEST_FIRST = [
     "test_server_restart",
     "test_train_denoise",
     "test_api",
+    "test_lab_machines",  # ~60 s: a head, two nodes and a server, each a machine
     "test_bit_exact",
     "test_accounts",
     "test_failures",
     "test_cluster",
     "test_comp",
     "test_labs",
-    "test_lab_machines",
     "test_color",
     "test_fairshare",
 ]
