@@ -4,12 +4,22 @@ frame, and the review once every frame is done.
 Planning reads image headers only (milliseconds a frame); it waits until the job is released, so a
 comp chained after a render plans on the frames that render wrote. The preview transform is baked
 once, at planning, and shared with every frame task through Ray's object store.
+
+No shared drive is needed (as for renders): the scheduler, beside the server's folders, reads the
+files a task needs when it launches it (a frame's file of each input; the review's previews) and
+puts each in Ray's object store (a still plate once a job); the node works in a folder of its own
+and returns what it made, which the writer pool writes atomically where the job's paths point. A
+task's outputs count (``written``/``output`` events, what ``farm fetch`` serves) once on disk; the
+review starts once every frame's are. A restarted scheduler makes again a frame or a review whose
+outputs never reached the disk.
 """
 
 from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from concurrent.futures import Future
+from pathlib import Path
 from typing import Any
 
 import ray
@@ -21,13 +31,21 @@ from farm.frames import OutputPattern
 from farm.labs import LAB_SHARE, avoiding, lab_resource
 from farm.scheduler.kinds.base import ActiveJob, Event, Loop, Start
 from farm.store import states
-from farm.store.queries import written_frames
+from farm.store.queries import comp_outputs, written_frames
 from farm.store.states import State, TaskRef
 from farm.store.tables import Event as StoreEvent
 from farm.store.tables import Job, Task
+from farm.tiling.imagefile import write_bytes
 from pipelines import comp
 from pipelines.comp import CompPlan, CompSpec
-from workers.comp import bake_preview, frame_task, header, review_task
+from workers.comp import (
+    bake_preview,
+    frame_inputs,
+    frame_task,
+    header,
+    review_inputs,
+    review_task,
+)
 
 CPUS = 1.0  # a comp frame is numpy and OpenImageIO on one core
 # Baking a preview costs about 3 s of OCIO on two cores (10 million evaluations); OCIO's own
@@ -52,10 +70,42 @@ class CompJob(ActiveJob):
         self.plan = CompPlan.from_json(self.spec, row.plan) if row.plan is not None else None
         self._preview: Any = None  # the baked preview, in Ray's object store
         self.outputs: dict[str, list[str]] = {}  # task key → what it wrote
+        self.stills: dict[str, Any] = {}  # a still input's path → its bytes in Ray's object store
+        self.writes: dict[Future[None], tuple[TaskRef, int | None, list[str]]] = {}
+        self.failed: dict[str, str] = {}  # task key → why its outputs are not on disk
+
+    @classmethod
+    def take_up(cls, loop: Loop, row: Job, tasks: list[TaskRef]) -> CompJob:
+        """After a restart: a frame or a review whose outputs never reached the disk runs again."""
+        job = cls(row, tasks)
+        if job.plan is not None:
+            written = written_frames(loop.db, row.id)
+            review = comp_outputs(loop.db, row.id)
+            wanted = [(job.spec.contact_sheet, "contact_sheet"), (job.spec.movie, "movie")]
+            again = [
+                t
+                for t in job.tasks.values()
+                if t.state is State.DONE
+                and (
+                    any(path and review[key] is None for path, key in wanted)
+                    if t.key == comp.REVIEW
+                    else t.payload["frames"][0] not in written
+                )
+            ]
+            states.move(
+                loop.db, again, State.QUEUED, "its outputs were not written before the stop"
+            )
+            for task in sorted(again, key=lambda t: t.id, reverse=True):
+                job.requeue(task)
+        return job
 
     @property
     def has_plan(self) -> bool:
         return self.plan is not None
+
+    @property
+    def busy(self) -> bool:
+        return bool(self.writes)
 
     @functools.cached_property
     def resources(self) -> dict[str, float]:
@@ -84,7 +134,9 @@ class CompJob(ActiveJob):
 
     @property
     def _frames_done(self) -> bool:
-        return all(t.state is State.DONE for k, t in self.tasks.items() if k != comp.REVIEW)
+        """Every frame made and on disk: the review reads their previews."""
+        done = all(t.state is State.DONE for k, t in self.tasks.items() if k != comp.REVIEW)
+        return done and not self.writes
 
     def _plan_now(self, loop: Loop) -> bool:
         """Check the files and create the tasks; a job its files refuse fails before it runs."""
@@ -138,9 +190,25 @@ class CompJob(ActiveJob):
             options["label_selector"] = avoiding(self.blocked)
         spec, plan = self.spec.as_json(), self.row.plan
         if start.task.key == comp.REVIEW:
-            return _review.options(**options).remote(spec, plan)
+            shipped = {str(p): self._ship(p, False) for p in review_inputs(self.plan)}
+            return _review.options(**options).remote(spec, plan, shipped)
         frame = start.task.payload["frames"][0]
-        return _frame.options(**options).remote(spec, plan, frame, self.preview())
+        stills = {OutputPattern(s.pattern).path(frame) for s in self.plan.sources if s.still}
+        shipped = {str(p): self._ship(p, p in stills) for p in frame_inputs(self.plan, frame)}
+        return _frame.options(**options).remote(spec, plan, frame, self.preview(), shipped)
+
+    def _ship(self, path: Path, still: bool) -> Any:
+        """A file a task reads, put in Ray's object store (a still: once a job); a file the server
+        cannot read goes as why, and fails the attempt on its node in one line naming it."""
+        if still and str(path) in self.stills:
+            return self.stills[str(path)]
+        try:
+            ref = ray.put(path.read_bytes())
+        except OSError as error:
+            return f"cannot read {path}: {error.strerror or error}"
+        if still:
+            self.stills[str(path)] = ref
+        return ref
 
     def node_of(self, result: dict[str, Any]) -> str:
         return str(result["node"])
@@ -151,14 +219,42 @@ class CompJob(ActiveJob):
         return getattr(getattr(outcome, "cause", None), "began", 0.0)
 
     def succeeded(self, loop: Loop, task: TaskRef, result: dict[str, Any]) -> None:
-        """Record what the task wrote: a frame's EXR is a ``written`` frame (``farm fetch``)."""
-        self.outputs[task.key] = result["paths"]
-        frame = result["frame"]
-        for path in result["paths"]:
-            kind = "written" if frame is not None and path.endswith(".exr") else "output"
-            loop.db.add(StoreEvent(job_id=self.id, kind=kind, frame=frame, message=path))
-            loop.emit(Event(kind, self.id, task.key, frame, message=path))
-        loop.db.commit()
+        """Hand what the task made to the writer pool: it counts once on disk (:meth:`settle`)."""
+        files = [(Path(path), data) for path, data in result["files"]]
+        future = loop.writer.submit(_write_all, files)
+        self.writes[future] = (task, result["frame"], result["paths"])
+
+    def settle(self, loop: Loop) -> None:
+        """Record what is on disk: a frame's EXR is a ``written`` frame (``farm fetch``), the rest
+        ``output``; a write that failed fails the job (and the review, with nothing to show)."""
+        for future in [f for f in self.writes if f.done()]:
+            task, frame, paths = self.writes.pop(future)
+            error = future.exception()
+            if error is not None:
+                reason = f"{task.key}: could not write its outputs: {error}"
+                self.failed[task.key] = reason
+                loop.emit(Event("failed", self.id, task.key, frame, message=reason))
+                self.failed_for_good(loop, task, reason)
+                continue
+            self.outputs[task.key] = paths
+            for path in paths:
+                kind = "written" if frame is not None and path.endswith(".exr") else "output"
+                loop.db.add(StoreEvent(job_id=self.id, kind=kind, frame=frame, message=path))
+                loop.emit(Event(kind, self.id, task.key, frame, message=path))
+            loop.db.commit()
+
+    def forget(self, task: TaskRef) -> None:
+        super().forget(task)
+        self.failed.pop(task.key, None)
+
+    def outcome(self) -> tuple[State, str]:
+        state, message = super().outcome()
+        if state is State.DONE and self.failed:
+            return State.FAILED, next(iter(self.failed.values()))
+        return state, message
+
+    def close(self, loop: Loop) -> None:
+        self.stills.clear()  # Ray frees the plates
 
     def failed_for_good(self, loop: Loop, task: TaskRef, reason: str) -> None:
         """A frame that failed for good leaves the review nothing whole to show."""
@@ -166,6 +262,13 @@ class CompJob(ActiveJob):
         if task.key != comp.REVIEW and review is not None and review.state is State.QUEUED:
             states.move(loop.db, [review], State.FAILED, f"no review: {task.key} failed")
             self.queued.remove(review)
+
+
+def _write_all(files: list[tuple[Path, bytes]]) -> None:
+    """A task's outputs written where they belong, each atomically (temp file, then rename)."""
+    for path, data in files:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_bytes(path, data)
 
 
 def after_source(db: Session, after: list[int] | None) -> tuple[str, list[int]] | None:
