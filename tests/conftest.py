@@ -288,6 +288,7 @@ LONGEST_FIRST = [
     "test_train_denoise",
     "test_api",
     "test_lab_machines",  # ~60 s: a head, two nodes and a server, each a machine
+    "test_lab_comp",  # ~40 s: a head, a node, a render and a comp
     "test_bit_exact",
     "test_accounts",
     "test_failures",
