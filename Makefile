@@ -39,6 +39,7 @@ bench: setup
 	$(BIN)/python benchmarks/train.py
 	$(BIN)/python benchmarks/preview.py
 	$(BIN)/python benchmarks/comp.py
+	$(BIN)/python benchmarks/upload.py
 
 clean:
 	rm -rf $(VENV) .farm renders
