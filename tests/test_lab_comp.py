@@ -16,46 +16,21 @@ import pytest
 from farm.tiling.imagefile import Pixels, read_pixels, write_frame
 from pipelines import comp
 from tests.harness import Lab
+from tests.test_comp import COMP_OVER_PLATE
 from workers.comp import header, make_frame
 
 ROOT = f"{Lab.DATA}/outputs/admin"  # the admin's folder on the server (the head)
 SCENE = "/tmp/shot/shot.blend"  # on the laptop
 FRAMES = (1, 2, 3)
 
+
 # Plates are not uploaded (only a render's scene and its files are): a comp's plate is a file on
 # the server already, named by its path there.
-SPEC = """
-config = "ocio://studio-config-latest"
-working_space = "ACEScg"
-retries = {retries}
-
-[inputs.shot]
-after = true
-layer = "ViewLayer.Combined"
-colorspace = "Linear Rec.709 (sRGB)"
-
-[inputs.sky]
-path = "{plate}"
-
-[[ops]]
-op = "over"
-inputs = ["shot", "sky"]
-
-[[ops]]
-op = "grade"
-exposure = 0.5
-saturation = 0.8
-
-[output]
-path = "{out}/shot_####.exr"
-depth = "float"
-preview = "{out}/preview/shot_####.png"
-"""
-REVIEW = """
-[review]
-contact_sheet = "{out}/contact.png"
-movie = "{out}/shot.mp4"
-"""
+def spec_for(plate: str, out: str, retries: int, review: bool = True) -> str:
+    """tests/test_comp.py's comp over a plate, its paths as the server has them."""
+    text = COMP_OVER_PLATE.replace('"plates/sky_####.exr"', f'"{plate}"')
+    text = text.replace('"comp/', f'"{out}/')
+    return f"retries = {retries}\n" + (text if review else text.split("[review]")[0])
 
 
 @pytest.fixture(scope="module")
@@ -111,7 +86,7 @@ def test_a_comp_after_an_uploaded_render_needs_no_shared_folder(
 ) -> None:
     plate_on_server(lab, "sky.exr")  # a still: the same plate under every frame
     out = f"{ROOT}/comp"
-    spec = SPEC.format(retries=2, plate=f"{ROOT}/plates/sky.exr", out=out) + REVIEW.format(out=out)
+    spec = spec_for(f"{ROOT}/plates/sky.exr", out, retries=2)
     job = submit_comp(lab, render, spec)
     watched = lab.farm("watch", job)
     assert watched.returncode == 0, watched.stdout + watched.stderr
@@ -175,7 +150,7 @@ def test_a_torn_plate_fails_the_frame_naming_the_file_as_the_server_has_it(
     torn = plate_on_server(lab, "torn.exr")
     torn.write_bytes(torn.read_bytes()[: torn.stat().st_size // 2])
     plate = f"{ROOT}/plates/torn.exr"
-    job = submit_comp(lab, render, SPEC.format(retries=0, plate=plate, out=f"{ROOT}/torn"))
+    job = submit_comp(lab, render, spec_for(plate, f"{ROOT}/torn", retries=0, review=False))
     watched = lab.farm("watch", job)
     assert watched.returncode != 0
     status = lab.api().get(f"/jobs/{job}").json()
