@@ -4,6 +4,7 @@ and the CLI on the laptop."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from pathlib import Path
@@ -146,6 +147,7 @@ def test_uploads_are_checked_and_outputs_stay_in_the_users_folder(lab: Lab, shot
     a relative output may not climb out of the user's folder on the server."""
     api = lab.api()
     digest = digest_of(lab.laptop.path(SCENE))
+    api.put(f"/scenes/{digest}", content=lab.laptop.path(SCENE).read_bytes())  # had or not
     stored = api.get(f"/scenes/{digest}").json()
     assert stored == {"scene": f"sha256:{digest}", "bytes": lab.laptop.path(SCENE).stat().st_size}
     wrong = api.put(f"/scenes/{'0' * 64}", content=b"not that")
@@ -155,6 +157,20 @@ def test_uploads_are_checked_and_outputs_stay_in_the_users_folder(lab: Lab, shot
     assert api.post("/files/missing", json={"digests": ["0" * 64]}).json() == {
         "missing": ["0" * 64]
     }
+    # A submission's file list is the client's word: a path that would land outside the node's
+    # tree, or a relative one, is refused before any node sees it.
+    stored = api.put(f"/files/{hashlib.sha256(b'x').hexdigest()}", content=b"x").json()["file"]
+    for hostile in ("/tmp/a/../../../etc/cron.d/x", "tex/wood.png", "C:relative.png"):
+        body = {
+            "scene": f"sha256:{digest}",
+            "origin": SCENE,
+            "files": {hostile: stored},
+            "threads": 1,
+        }
+        refused = api.post("/jobs/render", json=body)
+        assert refused.status_code == 400, refused.text
+        detail = refused.json()["detail"]
+        assert detail.startswith("the scene's files: ") and "\n" not in detail, detail
     escape = lab.farm("submit", "render", shot, "--upload", "-o", "../../x_####.exr")
     assert escape.returncode == 2
     folder = f"{Lab.DATA}/outputs/admin"
