@@ -4,12 +4,15 @@ The script follows Ray Train's own conventions, so trainees learn the real API: 
 ``train_loop_per_worker(config)``, calls ``ray.train.report(metrics, checkpoint=...)`` and resumes
 from ``ray.train.get_checkpoint()``. The farm sends the script's text with the job (nodes need no
 copy of the file), runs it on ``workers`` Ray Train workers (DDP: gloo on CPUs, NCCL on GPUs), and
-keeps its results and checkpoints in a storage folder of the job's own. A job is one task: the run.
+keeps its results and checkpoints in a storage folder of the job's own on the server. Its data is
+an uploaded dataset (``farm data put``) or a folder on a drive every node shares; the script finds
+it as ``config["data"]``. A job is one task: the run.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +32,7 @@ class TrainSpec:
     max_hours: float | None = None
     config: dict[str, Any] = field(default_factory=dict)
     max_failures: int = 2  # worker-group restarts from the latest checkpoint before the run fails
+    data: str | None = None  # an uploaded dataset (sha256:…) or a folder every node sees
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -40,6 +44,7 @@ class TrainSpec:
             "max_hours": self.max_hours,
             "config": self.config,
             "max_failures": self.max_failures,
+            "data": self.data,
         }
 
     @property
@@ -93,6 +98,13 @@ def validate(spec: TrainSpec) -> TrainSpec:
         raise FarmError(f"--max-hours must be more than 0, got {spec.max_hours:g}")
     if spec.max_failures < 0:
         raise FarmError("--max-failures must be at least 0")
+    if spec.data is not None and not (
+        re.fullmatch(r"sha256:[0-9a-f]{64}", spec.data) or spec.data.startswith("/")
+    ):
+        raise FarmError(
+            f"--data {spec.data[:100]!r}: give an uploaded dataset (sha256:…, from farm data put) "
+            "or an absolute folder every node sees"
+        )
     try:
         json.dumps(spec.config)
     except (TypeError, ValueError) as error:

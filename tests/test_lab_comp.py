@@ -103,8 +103,20 @@ def test_a_comp_after_an_uploaded_render_needs_no_shared_folder(
     # (the code embedded mode runs, files in place) gives the same pixels, bit for bit.
     fetched = lab.farm("fetch", job, "/tmp/comp", "--json")
     assert fetched.returncode == 0, fetched.stderr
-    files = sorted(json.loads(fetched.stdout)["files"])
-    assert [Path(f).name for f in files] == [f"shot_{f:04d}.exr" for f in FRAMES]
+    every = sorted(json.loads(fetched.stdout)["files"])  # frames, previews, sheet and movie
+    assert [str(Path(f).relative_to("/tmp/comp")) for f in every] == sorted(
+        [
+            *(f"shot_{f:04d}.exr" for f in FRAMES),
+            *(f"preview/shot_{f:04d}.png" for f in FRAMES),
+            "contact.png",
+            "shot.mp4",
+        ]
+    )
+    for fetched_file in every:  # each the server's bytes
+        name = str(Path(fetched_file).relative_to("/tmp/comp"))
+        on_server = lab.head.path(f"{out}/{name}").read_bytes()
+        assert lab.laptop.path(fetched_file).read_bytes() == on_server, name
+    files = [f for f in every if f.endswith(".exr")]
     renders = lab.farm("fetch", render, "/tmp/renders", "--json")
     assert renders.returncode == 0, renders.stderr
     data = comp.read_toml(lab.laptop.path("/tmp/home/comp.toml"))

@@ -193,22 +193,63 @@ def _link(source: Path, target: Path) -> None:
 
 
 def materialize(bundle: Bundle, fetch: Callable[[str], bytes], cache: Path) -> Path:
-    """Make ``bundle`` present under ``cache`` and return its scene's path there.
+    """Make ``bundle`` present under ``cache`` and return its scene's path there (:func:`lay_out`
+    of its mirrors)."""
+    layout, scene = _checked(bundle)
+    return lay_out(layout, bundle.id, fetch, cache).joinpath(*scene)
+
+
+def dataset_parts(name: str) -> tuple[str, ...]:
+    """A dataset file's relative POSIX name as the names of its path, or ``ValueError`` (one
+    line) for an absolute or empty name, a NUL byte, a backslash, ``.`` or ``..``."""
+    if not isinstance(name, str) or not name or "\0" in name or "\\" in name:
+        raise _refuse(str(name), "not a relative POSIX name")
+    parts = tuple(name.split("/"))
+    if any(p in ("", ".", "..") for p in parts):
+        raise _refuse(name, "an empty, '.' or '..' name in the path")
+    return parts
+
+
+def dataset_manifest(files: dict[str, str]) -> bytes:
+    """A dataset's canonical manifest: its files (name → sha256) as sorted, compact JSON."""
+    return json.dumps(dict(sorted(files.items())), separators=(",", ":")).encode()
+
+
+def dataset_id(files: dict[str, str]) -> str:
+    """The sha256 of the dataset's manifest: the name a training run gives as its data."""
+    return hashlib.sha256(dataset_manifest(files)).hexdigest()
+
+
+def dataset_tree(files: dict[str, str], fetch: Callable[[str], bytes], cache: Path) -> Path:
+    """An uploaded dataset (relative name → sha256) laid out under ``cache``: its folder."""
+    layout: dict[tuple[str, ...], str] = {}
+    for name, digest in files.items():
+        if not isinstance(digest, str) or not _DIGEST.fullmatch(digest):
+            raise ValueError(f"not a sha256 hex digest for {name!r}: {digest!r}")
+        layout[dataset_parts(name)] = digest
+    folders = {parts[:end] for parts in layout for end in range(1, len(parts))}
+    if clash := folders & layout.keys():
+        raise ValueError(f"{'/'.join(min(clash))!r} is both a file and a folder in the dataset")
+    return lay_out(layout, dataset_id(files), fetch, cache)
+
+
+def lay_out(
+    layout: dict[tuple[str, ...], str], tree_id: str, fetch: Callable[[str], bytes], cache: Path
+) -> Path:
+    """The tree ``cache/trees/<tree_id>``, each path of ``layout`` a link to its cached file.
 
     Each missing digest is fetched once (``fetch(sha256) -> bytes``, under a per-digest lock, so
     concurrent processes on a node wait for one fetch), verified (:class:`DigestMismatch` keeps
-    nothing) and stored read-only as ``cache/files/<sha256>``; then each original is hard-linked at
-    its mirror in ``cache/trees/<bundle id>/``, built in a temp folder and renamed into place (a
-    tree in place is always whole; the next materialize of the bundle reuses it)."""
-    layout, scene = _checked(bundle)
+    nothing) and stored read-only as ``cache/files/<sha256>``; then each path is hard-linked in a
+    temp folder renamed into place (a tree in place is always whole; the next call reuses it)."""
     cache = Path(cache)
-    tree = cache / "trees" / bundle.id
+    tree = cache / "trees" / tree_id
     if tree.is_dir():
-        return tree.joinpath(*scene)
+        return tree
     for folder in ("files", "locks", "trees"):
         (cache / folder).mkdir(mode=0o700, parents=True, exist_ok=True)
     cached = {digest: _fetch_once(digest, fetch, cache) for digest in sorted(set(layout.values()))}
-    building = Path(tempfile.mkdtemp(dir=cache / "trees", prefix=f".{bundle.id}."))
+    building = Path(tempfile.mkdtemp(dir=cache / "trees", prefix=f".{tree_id}."))
     try:
         for parts, digest in sorted(layout.items()):
             target = building.joinpath(*parts)
@@ -217,8 +258,8 @@ def materialize(bundle: Bundle, fetch: Callable[[str], bytes], cache: Path) -> P
         try:
             building.rename(tree)
         except OSError:
-            if not tree.is_dir():  # not a concurrent build of the same bundle that won the race
+            if not tree.is_dir():  # not a concurrent build of the same tree that won the race
                 raise
     finally:
         shutil.rmtree(building, ignore_errors=True)
-    return tree.joinpath(*scene)
+    return tree

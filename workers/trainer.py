@@ -4,7 +4,10 @@ It runs where the scheduler sends it and holds no CPU itself: Ray Train's worker
 run asked for. Reported metrics go to the progress channel as they arrive (a Ray Train callback on
 its controller), so the server shows curves live. The run's name and storage folder are the job's:
 starting it again after a lost worker group, a server restart or a cancel finds the same run and
-Ray Train resumes it from its latest checkpoint.
+Ray Train resumes it from its latest checkpoint. The run's storage is the server's
+(``workers/run_storage.py``): its checkpoints are found from any node, with no shared drive. An
+uploaded dataset is laid out in each node's cache (fetched once a node) and its folder given to
+the script as ``config["data"]``.
 """
 
 from __future__ import annotations
@@ -19,6 +22,9 @@ import ray
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 from ray.train.v2.api.callback import UserCallback
+
+from workers.run_storage import filesystem
+from workers.scene_cache import dataset_tree, node_cache
 
 ENTRY = "train_loop_per_worker"
 
@@ -71,23 +77,53 @@ class Metrics(UserCallback):
         self.channel.metric.remote(self.key, row)
 
 
-def run(spec: dict[str, Any], storage: str, name: str, channel: Any, key: str) -> dict[str, Any]:
+def with_dataset(entry: Any, dataset: dict[str, str], files: Any) -> Any:
+    """``entry`` run with ``config["data"]``: the uploaded dataset's folder on the worker's node."""
+
+    def train_loop_per_worker(config: dict[str, Any]) -> Any:
+        def fetch(digest: str) -> bytes:
+            return ray.get(files.dataset_file.remote(digest))
+
+        return entry({**config, "data": str(dataset_tree(dataset, fetch, node_cache()))})
+
+    return train_loop_per_worker
+
+
+def run(
+    spec: dict[str, Any],
+    files: Any,
+    name: str,
+    channel: Any,
+    key: str,
+    dataset: dict[str, str] | None = None,
+    placement: dict[str, float] | None = None,
+) -> dict[str, Any]:
     """Run the training script of ``spec`` (a :class:`pipelines.train.TrainSpec` as JSON) to its
-    end; returns the last metrics and the latest checkpoint's path."""
+    end, its storage the ``files`` actor's (a :class:`workers.run_storage.RunFiles`); returns the
+    last metrics and the latest checkpoint's path. ``dataset`` (name → sha256) is an uploaded
+    dataset; a ``data`` folder in ``spec`` is a path every node sees (a shared drive).
+    ``placement``: custom resources each worker asks too (its lab's)."""
     entry = load(spec["script"], spec["source"])
+    config = dict(spec["config"])
+    if dataset is not None:
+        entry = with_dataset(entry, dataset, files)
+    elif spec.get("data"):
+        config["data"] = spec["data"]
     gpus = float(spec["gpus_per_worker"])
     per_worker = {"CPU": float(spec["cpus_per_worker"])}
     if gpus:
         per_worker["GPU"] = gpus
+    per_worker.update(placement or {})
     trainer = TorchTrainer(
         entry,
-        train_loop_config=dict(spec["config"]),
+        train_loop_config=config,
         scaling_config=ScalingConfig(
             num_workers=int(spec["workers"]), use_gpu=gpus > 0, resources_per_worker=per_worker
         ),
         run_config=RunConfig(
             name=name,
-            storage_path=storage,
+            storage_path=".",
+            storage_filesystem=filesystem(files),
             failure_config=FailureConfig(max_failures=int(spec["max_failures"])),
             checkpoint_config=CheckpointConfig(num_to_keep=2),
             callbacks=[Metrics(channel, key)],

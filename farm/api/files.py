@@ -1,21 +1,26 @@
 """What travels as files: the scenes uploaded for renders (``/scenes/<sha256>``), every file they
-use (``/files/<sha256>``: only what the server lacks is sent), and the frames a job wrote, for
+use and every file of a training dataset (``/files/<sha256>``: only what the server lacks is
+sent), datasets as manifests of such files (``/datasets``), and what a job wrote, for
 ``farm fetch``."""
 
+import os
 from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Request
 from fastapi import Path as Path_
 from fastapi.responses import FileResponse
+from sqlalchemy.orm import Session
 
-from farm.accounts.access import readable
-from farm.api.deps import Db, Files, Me, Scenes
-from farm.api.models import FileList, Missing, Scene, StoredFile, refusals
-from farm.errors import NotFound
-from farm.store.queries import job_outputs
+from farm.accounts.access import Caller, readable
+from farm.api.deps import Db, Files, Me, Scenes, Sched
+from farm.api.models import Dataset, DatasetFiles, FileList, Missing, Scene, StoredFile, refusals
+from farm.errors import FarmError, NotFound
+from farm.scheduler.kinds.train import run_name
+from farm.store.queries import comp_outputs, written_frames
 from farm.store.scenes import PREFIX as SCENE_PREFIX
 from farm.store.scenes import ContentStore, Upload
+from workers.scene_cache import dataset_id, dataset_manifest, dataset_parts
 
 router = APIRouter()
 
@@ -54,6 +59,30 @@ async def _store(store: ContentStore, digest: str, request: Request) -> int:
         raise
 
 
+@router.post("/datasets", status_code=201, responses=refusals(400, 422))
+def put_dataset(body: DatasetFiles, _: Me, files: Files) -> Dataset:
+    """Name a dataset whose files were uploaded: its manifest is kept by its own sha256, the
+    name a training run gives as its data (``farm data put FOLDER`` does all of it)."""
+    if not body.files:
+        raise FarmError("a dataset needs at least one file")
+    for name in body.files:
+        try:
+            dataset_parts(name)
+        except ValueError as error:
+            raise FarmError(f"the dataset's files: {error}") from None
+    if missing := files.missing(list(body.files.values())):
+        name = next(n for n, d in body.files.items() if d == missing[0])
+        raise FarmError(f"{name} (sha256:{missing[0]}) was not uploaded: PUT /files/{missing[0]}")
+    digest = dataset_id(body.files)
+    manifest = files.path(digest)
+    if not manifest.is_file():
+        upload = files.upload(digest)
+        upload.add(dataset_manifest(body.files))
+        upload.finish()
+    size = sum(files.path(d).stat().st_size for d in set(body.files.values()))
+    return Dataset(data=f"{SCENE_PREFIX}{digest}", files=len(body.files), bytes=size)
+
+
 @router.get("/scenes/{digest}", responses=refusals(400, 404, 422))
 def scene(digest: Digest, _: Me, scenes: Scenes) -> Scene:
     path = scenes.path(digest)
@@ -63,14 +92,45 @@ def scene(digest: Digest, _: Me, scenes: Scenes) -> Scene:
 
 
 @router.get("/jobs/{job_id}/outputs", responses=refusals(404, 422))
-def outputs(job_id: int, db: Db, me: Me) -> list[dict[str, Any]]:
-    """The frames the job has written, for `farm fetch`."""
-    return job_outputs(db, readable(db, me, job_id).id)
+def outputs(job_id: int, db: Db, me: Me, sched: Sched) -> list[dict[str, Any]]:
+    """What the job has written and is on disk, for `farm fetch`: a render's frames; a comp's
+    frames, previews, contact sheet and movie; a training run's checkpoints, TensorBoard files
+    and Ray Train's state. Each ``name`` is its path under the folder that holds them all."""
+    return list(_outputs(db, me, job_id, sched.storage).values())
 
 
-@router.get("/jobs/{job_id}/outputs/{frame}", responses=refusals(404, 422))
-def output(job_id: int, frame: int, db: Db, me: Me) -> FileResponse:
-    for written in job_outputs(db, readable(db, me, job_id).id):
-        if written["frame"] == frame:
-            return FileResponse(written["path"], filename=Path(written["path"]).name)
-    raise NotFound(f"job {job_id} has no frame {frame} on disk")
+@router.get("/jobs/{job_id}/outputs/{name:path}", responses=refusals(404, 422))
+def output(job_id: int, name: str, db: Db, me: Me, sched: Sched) -> FileResponse:
+    found = _outputs(db, me, job_id, sched.storage).get(name)
+    if found is None:
+        raise NotFound(f"job {job_id} has no output {name[:200]!r} on disk")
+    return FileResponse(found["path"], filename=Path(found["path"]).name)
+
+
+def _outputs(db: Session, me: Caller, job_id: int, storage: Path) -> dict[str, dict[str, Any]]:
+    job = readable(db, me, job_id)
+    frames: dict[str, int | None] = {}
+    if job.kind == "train":
+        run = storage / run_name(job.id)
+        frames = (
+            {str(p): None for p in sorted(run.rglob("*")) if p.is_file()} if run.is_dir() else {}
+        )
+    else:
+        frames = {path: frame for frame, path in sorted(written_frames(db, job.id).items())}
+    if job.kind == "comp":
+        made = comp_outputs(db, job.id)
+        extra = [*made["previews"], made["contact_sheet"], made["movie"]]
+        frames.update((path, None) for path in extra if path)
+    on_disk = [Path(p) for p in frames if Path(p).is_file()]
+    if not on_disk:
+        return {}
+    top = Path(os.path.commonpath([p.parent for p in on_disk]))
+    return {
+        p.relative_to(top).as_posix(): {
+            "name": p.relative_to(top).as_posix(),
+            "frame": frames[str(p)],
+            "path": str(p),
+            "bytes": p.stat().st_size,
+        }
+        for p in on_disk
+    }

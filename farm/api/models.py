@@ -88,6 +88,11 @@ class TrainSubmission(Submission):
         default_factory=dict, max_length=256, description="train_loop_config."
     )
     max_failures: int = Field(2, ge=0, le=100)
+    data: Annotated[str, Field(max_length=4096)] | None = Field(
+        None,
+        description="An uploaded dataset (sha256:…, POST /datasets) or a folder every node sees; "
+        'the script finds it as config["data"].',
+    )
     lab: Lab | None = None
 
 
@@ -118,6 +123,21 @@ class Missing(BaseModel):
 
 class StoredFile(BaseModel):
     file: str = Field(description="The file's sha256, as a submission's files name it.")
+    bytes: int
+
+
+class DatasetFiles(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    files: dict[Annotated[str, Field(max_length=1024)], Sha256] = Field(
+        max_length=100_000,
+        description="Each file's name relative to the dataset's folder (POSIX), and its sha256 "
+        "(uploaded first: PUT /files/{digest}).",
+    )
+
+
+class Dataset(BaseModel):
+    data: str = Field(description='What a training run names it by (its "data"): sha256:<id>.')
+    files: int
     bytes: int
 
 

@@ -25,6 +25,7 @@ from farm.api.models import (
 )
 from farm.errors import FarmError, Forbidden
 from farm.scheduler.kinds import comp as comp_job
+from farm.scheduler.kinds.train import read_dataset
 from farm.scheduler.loop import Scheduler
 from farm.store import submit
 from pipelines import probe, render, train
@@ -125,9 +126,10 @@ def submit_probe(
 
 @router.post("/jobs/train", status_code=201, responses=refusals(400, 403, 422))
 def submit_train(
-    body: TrainSubmission, db: Db, me: Me, cluster: ClusterCheck, admit: Admit
+    body: TrainSubmission, db: Db, me: Me, cluster: ClusterCheck, admit: Admit, files: Files
 ) -> Accepted:
     spec = train.validate(train.TrainSpec(**body.model_dump(exclude={"priority", "after", "lab"})))
+    read_dataset(spec.data, files.folder)  # an uploaded one is there, and is a dataset
     cluster.check(spec.cpus_per_worker, spec.gpus_per_worker, body.lab)
     gpus = spec.workers * spec.gpus_per_worker
     seconds = spec.max_hours * 3600 if spec.max_hours else None

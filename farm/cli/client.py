@@ -96,20 +96,43 @@ class Client:
         if not scene.is_file():
             raise FarmError(f"scene file {scene} does not exist")
         files = {dep.path: digest_of(Path(dep.path)) for dep in scene_files(scene)}
-        listed = {"digests": sorted(set(files.values()))}
-        missing = set(self.post("/files/missing", listed)["missing"])
-        sent = {"files": 0, "bytes": 0, "of": len(files) + 1}
+        sent = self.upload_files(files)
+        name, size = self.upload_scene(scene)
+        sent = {
+            "files": sent["files"] + (size > 0),
+            "bytes": sent["bytes"] + size,
+            "of": len(files) + 1,
+        }
+        origin = str(scene.absolute())
+        return {"scene": name, "name": scene.name, "origin": origin, "files": files, "sent": sent}
+
+    def upload_files(self, files: dict[str, str]) -> dict[str, int]:
+        """Send each file (path → sha256) the server lacks, once a digest; returns what was sent."""
+        missing = set(
+            self.post("/files/missing", {"digests": sorted(set(files.values()))})["missing"]
+        )
+        sent = {"files": 0, "bytes": 0, "of": len(files)}
         for path, digest in sorted(files.items()):
             if digest in missing:
                 with open(path, "rb") as data:
                     sent["bytes"] += self.call("PUT", f"/files/{digest}", content=data)["bytes"]
                 sent["files"] += 1
                 missing.discard(digest)
-        name, size = self.upload_scene(scene)
-        sent["files"] += size > 0
-        sent["bytes"] += size
-        origin = str(scene.absolute())
-        return {"scene": name, "name": scene.name, "origin": origin, "files": files, "sent": sent}
+        return sent
+
+    def upload_dataset(self, folder: Path) -> dict[str, Any]:
+        """Send every file under ``folder`` the server lacks and name them a dataset; returns its
+        name (``sha256:…``, what a run gives as its data), size and what was sent."""
+        if not folder.is_dir():
+            raise FarmError(f"dataset folder {folder} does not exist")
+        paths = sorted(p for p in folder.rglob("*") if p.is_file())
+        if not paths:
+            raise FarmError(f"dataset folder {folder} holds no file")
+        names = {p.relative_to(folder).as_posix(): str(p) for p in paths}
+        digests = {path: digest_of(Path(path)) for path in names.values()}
+        sent = self.upload_files(digests)
+        files = {name: digests[path] for name, path in names.items()}
+        return {**self.post("/datasets", {"files": files}), "sent": sent}
 
     def upload_scene(self, path: Path) -> tuple[str, int]:
         """Send a .blend to the server unless it has it already; returns its ``sha256:`` name and

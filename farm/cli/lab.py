@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
+from urllib.parse import quote
 
 import click
 from rich.console import Console
@@ -322,18 +323,24 @@ def logout(as_json: bool) -> None:
 @click.argument("dest", type=click.Path(file_okay=False, path_type=Path), default=".")
 @json_option
 def fetch(job: int, dest: Path, as_json: bool) -> None:
-    """Download the frames JOB has written on the server into DEST (default: here)."""
+    """Download what JOB has written on the server into DEST (default: here): a render's frames;
+    a comp's frames, previews, contact sheet and movie; a training run's checkpoints and
+    TensorBoard files."""
     client = remote("farm fetch").client
     dest.mkdir(parents=True, exist_ok=True)
     fetched = []
     for output in client.get(f"/jobs/{job}/outputs"):
-        target = dest / Path(output["path"]).name
-        client.download(f"/jobs/{job}/outputs/{output['frame']}", target)
+        name = PurePosixPath(output["name"])
+        if name.is_absolute() or ".." in name.parts:  # the server's word, kept inside DEST
+            raise FarmError(f"the server named an output {output['name'][:200]!r} outside {dest}")
+        target = dest.joinpath(*name.parts)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        client.download(f"/jobs/{job}/outputs/{quote(output['name'])}", target)
         fetched.append(str(target))
     if as_json:
         echo_json({"id": job, "files": fetched})
     else:
-        click.echo(f"job {job}: {len(fetched)} frame(s) in {dest}/")
+        click.echo(f"job {job}: {len(fetched)} file(s) in {dest}/")
 
 
 COMMANDS = [submit, watch, *CONTROLS, fetch, nodes, server, login, logout]

@@ -1,5 +1,5 @@
-"""``farm train`` (here, or on the server when one is configured), ``farm submit train`` and
-``farm metrics``."""
+"""``farm train`` (here, or on the server when one is configured), ``farm submit train``,
+``farm data put`` and ``farm metrics``."""
 
 from __future__ import annotations
 
@@ -14,12 +14,13 @@ from typing import Any
 import click
 from rich.console import Console
 
-from farm.cli.client import server_url
+from farm.cli.client import Client, server_url
 from farm.cli.curves import describe, plot
 from farm.cli.lab import lab_options, submit, watch_job
 from farm.cli.options import json_option
 from farm.cli.views import connect, remote
 from farm.errors import FarmError, RenderFailed
+from farm.store.scenes import PREFIX
 from pipelines import train as pipeline
 
 
@@ -42,6 +43,11 @@ def train_options(function: Any) -> Any:
                 help="key=value for train_loop_per_worker(config); repeatable. Values are JSON where they parse.",
             ),
             click.option(
+                "--data",
+                help="The run's data, given to the script as config['data']: a folder (uploaded "
+                "when the server is on another machine), or sha256:… from farm data put.",
+            ),
+            click.option(
                 "--max-failures",
                 type=int,
                 default=2,
@@ -54,7 +60,20 @@ def train_options(function: Any) -> Any:
     return function
 
 
-def _spec(script: Path, kwargs: dict[str, Any]) -> pipeline.TrainSpec:
+def _data(data: str | None, client: Client | None) -> str | None:
+    """What a run names as its data: an uploaded dataset's ``sha256:…``, or a folder's absolute
+    path where the nodes see it (this machine's, or the server's when it runs here)."""
+    if not data or data.startswith(PREFIX):
+        return data
+    folder = Path(data)
+    if not folder.is_dir():
+        raise FarmError(f"--data {data}: no such folder (or give sha256:… from farm data put)")
+    if client is not None and not client.on_this_machine:
+        return client.upload_dataset(folder)["data"]
+    return str(folder.absolute())
+
+
+def _spec(script: Path, kwargs: dict[str, Any], client: Client | None = None) -> pipeline.TrainSpec:
     return pipeline.validate(
         pipeline.TrainSpec(
             script=script.name,
@@ -65,16 +84,18 @@ def _spec(script: Path, kwargs: dict[str, Any]) -> pipeline.TrainSpec:
             max_hours=kwargs["max_hours"],
             config=pipeline.parse_config(kwargs["config"]),
             max_failures=kwargs["max_failures"],
+            data=_data(kwargs["data"], client),
         )
     )
 
 
 def _submit(script: Path, kwargs: dict[str, Any]) -> int:
-    spec = _spec(script, kwargs)
+    client = remote("farm submit train").client
+    spec = _spec(script, kwargs, client)
     body = {**spec.as_json(), "priority": kwargs["priority"], "after": list(kwargs["after"])}
     if kwargs.get("lab"):
         body["lab"] = kwargs["lab"]
-    return remote("farm submit train").client.post("/jobs/train", body)["id"]
+    return client.post("/jobs/train", body)["id"]
 
 
 @contextlib.contextmanager
@@ -185,4 +206,31 @@ def metrics(job: int, plot_to: Path | None, as_json: bool) -> None:
             click.echo(describe(row))
 
 
-COMMANDS = [train, metrics]
+@click.group()
+def data() -> None:
+    """Datasets on the farm server, for training runs on nodes that share no drive with you."""
+
+
+@data.command("put")
+@click.argument("folder", type=click.Path(file_okay=False, path_type=Path))
+@json_option
+def data_put(folder: Path, as_json: bool) -> None:
+    """Upload FOLDER (only the files the server lacks) and print the name a run gives as --data.
+
+    \b
+    Example:
+      farm data put ./digits     # sha256:…
+      farm submit train train.py --data sha256:…
+    """
+    put = remote("farm data put").client.upload_dataset(folder)
+    if as_json:
+        click.echo(json.dumps(put))
+    else:
+        sent = put["sent"]
+        click.echo(
+            f"{put['data']}  ({put['files']} files, {put['bytes']:,} bytes; "
+            f"sent {sent['files']} files, {sent['bytes']:,} bytes)"
+        )
+
+
+COMMANDS = [train, metrics, data]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy import func, select
@@ -163,16 +162,6 @@ def job_events(db: Session, job_id: int, after: int = 0, limit: int = 1000) -> l
     return [
         {"id": i, "at": _iso(at), "kind": kind, "frame": frame, "task": key, "message": message}
         for i, at, kind, frame, message, key in rows
-    ]
-
-
-def job_outputs(db: Session, job_id: int) -> list[dict[str, Any]]:
-    """The frames of the job on disk now: the last write of each frame whose file is still there."""
-    _job(db, job_id)
-    return [
-        {"frame": frame, "path": path, "bytes": Path(path).stat().st_size}
-        for frame, path in sorted(written_frames(db, job_id).items())
-        if Path(path).is_file()
     ]
 
 

@@ -72,6 +72,7 @@ class Loop(Protocol):
     writer: Executor  # frames are written here, so the loop never waits on a disk
     buffers: BufferPool  # frame buffers reused across assemblies
     storage: Path  # training runs' results and checkpoints, one folder a job
+    uploads: Path | None  # what trainees uploaded, by sha256 (a server's data folder)
 
     @property
     def pool(self) -> SlotPool:

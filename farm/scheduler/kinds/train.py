@@ -10,14 +10,18 @@ from pathlib import Path
 from typing import Any
 
 import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from farm.errors import FarmError
 from farm.labs import LAB_SHARE, lab_resource
 from farm.scheduler.kinds.base import ActiveJob, Event, Loop, Start
+from farm.store.scenes import PREFIX
 from farm.store.states import State, TaskRef
 from farm.store.tables import Event as StoreEvent
 from farm.store.tables import Job
 from pipelines.train import TrainSpec
+from workers.run_storage import RunFiles
+from workers.scene_cache import dataset_manifest
 
 
 @functools.cache
@@ -42,7 +46,9 @@ def run_name(job_id: int) -> str:
 class TrainJob(ActiveJob):
     kind = "train"
 
-    def __init__(self, row: Job, tasks: list[TaskRef], storage: Path) -> None:
+    def __init__(
+        self, row: Job, tasks: list[TaskRef], storage: Path, uploads: Path | None = None
+    ) -> None:
         spec = dict(row.spec)
         self.lab: str | None = spec.pop("lab", None)
         self.spec = TrainSpec(**spec)
@@ -50,6 +56,9 @@ class TrainJob(ActiveJob):
         # failed for a reason a retry would meet again.
         super().__init__(row, tasks, retries=0)
         self.storage = storage
+        self.uploads = uploads
+        self.dataset = read_dataset(self.spec.data, uploads)
+        self._files: Any = None  # the run's RunFiles actor, on the server's node
         self.result: dict[str, Any] | None = None
         launcher()  # a farm that cannot train fails the job now, saying why
         self._writer: Any = None
@@ -59,7 +68,7 @@ class TrainJob(ActiveJob):
 
     @classmethod
     def take_up(cls, loop: Loop, row: Job, tasks: list[TaskRef]) -> TrainJob:
-        return cls(row, tasks, loop.storage)
+        return cls(row, tasks, loop.storage, loop.uploads)
 
     @property
     def needs(self) -> dict[str, float]:
@@ -83,19 +92,42 @@ class TrainJob(ActiveJob):
 
     def launch(self, loop: Loop, start: Start) -> Any:
         options: dict[str, Any] = {"num_cpus": 0}
-        if self.lab:
-            options["resources"] = {lab_resource(self.lab): LAB_SHARE}
+        placement = {lab_resource(self.lab): LAB_SHARE} if self.lab else {}
+        if placement:
+            options["resources"] = placement
         key = f"{self.id}/{start.task.attempts}/{start.task.key}"
+        spec, files = self.spec.as_json(), self._run_files()
         return (
             launcher()
             .options(**options)
-            .remote(self.spec.as_json(), str(self.storage), run_name(self.id), loop.progress, key)
+            .remote(spec, files, run_name(self.id), loop.progress, key, self.dataset, placement)
         )
+
+    def _run_files(self) -> Any:
+        """A new :class:`RunFiles` actor for the run's attempt, on this (the server's) node: its
+        folder here and its dataset's files, for nodes that share no drive with this one."""
+        self._end_files()
+        here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+        digests = sorted(set((self.dataset or {}).values()))
+        uploads = str(self.uploads) if self.uploads else None
+        self._files = (
+            ray.remote(RunFiles)
+            .options(num_cpus=0, scheduling_strategy=here)
+            .remote(str(self.storage), run_name(self.id), digests, uploads)
+        )
+        return self._files
+
+    def _end_files(self) -> None:
+        if self._files is not None:
+            ray.kill(self._files)
+            self._files = None
 
     def node_of(self, result: dict[str, Any]) -> str:
         return str(result.get("node", ""))
 
     def succeeded(self, loop: Loop, task: TaskRef, result: Any) -> None:
+        if result.get("checkpoint"):  # a path of the run's storage: here, on the server
+            result = {**result, "checkpoint": str(self.storage / result["checkpoint"])}
         self.result = result
 
     def failed_for_good(self, loop: Loop, task: TaskRef, reason: str) -> None:
@@ -130,9 +162,28 @@ class TrainJob(ActiveJob):
         self._writer.flush()
 
     def close(self, loop: Loop) -> None:
+        self._end_files()
         if self._writer is not None:
             self._writer.close()
             self._writer = None
+
+
+def read_dataset(data: str | None, uploads: Path | None) -> dict[str, str] | None:
+    """An uploaded dataset's files (name → sha256) from its manifest in the server's store; None
+    for no dataset or a folder path (a shared drive every node sees)."""
+    if not data or not data.startswith(PREFIX):
+        return None
+    digest = data.removeprefix(PREFIX)
+    manifest = uploads / digest if uploads is not None else None
+    if manifest is None or not manifest.is_file():
+        raise FarmError(f"no uploaded dataset {data} on this server: upload it (farm data put)")
+    try:
+        files = json.loads(manifest.read_bytes())
+    except ValueError:
+        files = None
+    if not isinstance(files, dict) or manifest.read_bytes() != dataset_manifest(files):
+        raise FarmError(f"{data} is an uploaded file, not a dataset (farm data put makes one)")
+    return files
 
 
 def telling_line(text: str) -> str:
