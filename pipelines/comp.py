@@ -454,6 +454,13 @@ class CompPlan:
         return OutputPattern(self.spec.preview).path(frame) if self.spec.preview else None
 
 
+def files_of(pattern: str) -> list[Path]:
+    """The files a path names on this machine: a still's one file, a ``####`` sequence's frames."""
+    if "#" not in Path(pattern).name:
+        return [Path(pattern)] if Path(pattern).is_file() else []
+    return [OutputPattern(pattern).path(frame) for frame in _frames_on_disk(pattern)]
+
+
 def _frames_on_disk(pattern: str) -> list[int]:
     """The frame numbers a ``####`` pattern has files for."""
     path = Path(pattern)

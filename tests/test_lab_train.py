@@ -131,3 +131,82 @@ def test_a_run_naming_a_dataset_the_server_lacks_is_refused_at_submission(lab: L
     assert hostile.status_code == 400 and "\n" not in hostile.json()["detail"]
     assert hostile.json()["detail"].startswith("the dataset's files: cannot mirror '../x'")
     assert lab.api().get("/jobs").json() == jobs
+
+
+PLATES_COMP = """
+config = "ocio://studio-config-latest"
+working_space = "ACEScg"
+
+[inputs.fg]
+path = "plates/fg_####.exr"
+
+[inputs.sky]
+path = "plates/sky.exr"
+
+[[ops]]
+op = "over"
+inputs = ["fg", "sky"]
+
+[[ops]]
+op = "grade"
+exposure = 0.5
+
+[output]
+path = "comp/plates_####.exr"
+depth = "float"
+"""
+
+
+def test_a_comp_of_plates_on_the_laptop_uploads_them_and_writes_in_the_users_folder(
+    lab: Lab, tmp_path: Path
+) -> None:
+    """The spec's relative paths, as the trainee wrote them on the laptop: the plates found there
+    are uploaded (once: a second submission sends nothing), the output lands in the trainee's
+    folder on the server, and ``farm fetch`` brings back what a comp here makes, bit for bit."""
+    from examples.make_plate import plate
+    from farm.tiling.imagefile import Pixels, read_pixels, write_frame
+    from pipelines import comp
+    from workers.comp import header, make_frame
+
+    plates = lab.laptop.path("/tmp/home/plates")
+    plates.mkdir()
+    for frame in (1, 2):
+        half = plate(32, 18, frame)
+        half[:9] *= 0.0  # a see-through top half: the sky shows there
+        write_frame(plates / f"fg_{frame:04d}.exr", Pixels(half, ("R", "G", "B", "A")), "zip")
+    write_frame(plates / "sky.exr", Pixels(plate(32, 18, 7), ("R", "G", "B", "A")), "zip")
+    lab.laptop.path("/tmp/home/plates.toml").write_text(PLATES_COMP)
+    store = lab.head.path(f"{Lab.DATA}/files")
+
+    def stored() -> set[Path]:
+        return set(store.iterdir()) if store.is_dir() else set()
+
+    files_before = stored()
+    submitted = lab.farm("submit", "comp", "plates.toml", "--upload", "--json")
+    assert submitted.returncode == 0, submitted.stderr
+    job = str(json.loads(submitted.stdout)["id"])
+    watched = lab.farm("watch", job)
+    assert watched.returncode == 0, watched.stdout + watched.stderr
+    outputs = lab.api().get(f"/jobs/{job}").json()["outputs"]
+    root = f"{Lab.DATA}/outputs/admin/comp"
+    assert outputs["frames"] == [f"{root}/plates_{f:04d}.exr" for f in (1, 2)]
+    uploaded = stored() - files_before
+    assert len(uploaded) == 3 + 2  # three plates; two datasets (the sequence, the still)
+
+    fetched = lab.farm("fetch", job, "/tmp/plates-comp", "--json")
+    assert fetched.returncode == 0, fetched.stderr
+    files = sorted(json.loads(fetched.stdout)["files"])
+    assert [Path(f).name for f in files] == ["plates_0001.exr", "plates_0002.exr"]
+    data = comp.absolute_paths(
+        comp.read_toml(lab.laptop.path("/tmp/home/plates.toml")), lab.laptop.path("/tmp/home")
+    )
+    data["output"]["path"] = str(tmp_path / "here_####.exr")
+    here = comp.inspect(comp.parse(data), header)
+    for frame, path in zip((1, 2), files, strict=True):
+        make_frame(here, frame, None)
+        made = read_pixels(lab.laptop.path(path)).data
+        assert np.array_equal(made, read_pixels(here.output(frame)).data)
+    again = lab.farm("submit", "comp", "plates.toml", "--upload", "--json")
+    assert again.returncode == 0, again.stderr
+    assert stored() - files_before == uploaded
+    lab.api().post(f"/jobs/{json.loads(again.stdout)['id']}/cancel")

@@ -79,6 +79,8 @@ class RunFiles:
 
     def write(self, path: str, data: bytes, append: bool) -> None:
         path = self._in(path)
+        if "/" in path:  # as object stores do: a file's folders need not be made first
+            self.fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
         opened = self.fs.open_append_stream if append else self.fs.open_output_stream
         with opened(path) as handle:
             handle.write(data)

@@ -15,6 +15,9 @@ only, no farm import).
 Decisions: originals are split on both ``/`` and ``\\`` (a scene from Windows names its files
 with either); a Windows drive letter is upper-cased (``c:\\x`` and ``C:\\x`` are one file), other
 names keep their case. Nothing is evicted here: the cache grows until a node's admin clears it.
+
+A training run's uploaded dataset is laid out the same way (:func:`dataset_tree`): its files by
+their names relative to the dataset's folder, in a tree named by the dataset's manifest.
 """
 
 from __future__ import annotations

@@ -28,6 +28,7 @@ from farm.scheduler.kinds import comp as comp_job
 from farm.scheduler.kinds.train import read_dataset
 from farm.scheduler.loop import Scheduler
 from farm.store import submit
+from farm.store.scenes import PREFIX as SCENE_PREFIX
 from pipelines import probe, render, train
 from pipelines.probe import ProbeSpec
 from pipelines.render import RenderRequest
@@ -143,12 +144,24 @@ def submit_train(
 
 @router.post("/jobs/comp", status_code=201, responses=refusals(400, 403, 422))
 def submit_comp(
-    body: CompSubmission, db: Db, me: Me, data: Data, cluster: ClusterCheck, admit: Admit
+    body: CompSubmission,
+    db: Db,
+    me: Me,
+    data: Data,
+    cluster: ClusterCheck,
+    admit: Admit,
+    files: Files,
 ) -> Accepted:
     root = output_root(accounts.standing_of(db, me.name), data)
-    spec = comp_job.prepare(
-        db, body.spec, lambda path, what: str(confine(path, root, what, me.admin)), body.after
-    )
+
+    def place(path: str, what: str) -> str:
+        """An input uploaded from a laptop (``sha256:<dataset>/<name>``) where the server laid
+        it out; any other path the caller's, inside their folder."""
+        if what.startswith("input ") and path.startswith(SCENE_PREFIX):
+            return files.uploaded_path(path)
+        return str(confine(path, root, what, me.admin))
+
+    spec = comp_job.prepare(db, body.spec, place, body.after)
     cluster.check(comp_job.CPUS, 0, body.lab)
     return admit(
         Ask(body.priority, body.lab, 0.0, None, 1),

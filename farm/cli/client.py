@@ -128,7 +128,10 @@ class Client:
         paths = sorted(p for p in folder.rglob("*") if p.is_file())
         if not paths:
             raise FarmError(f"dataset folder {folder} holds no file")
-        names = {p.relative_to(folder).as_posix(): str(p) for p in paths}
+        return self.upload_named({p.relative_to(folder).as_posix(): str(p) for p in paths})
+
+    def upload_named(self, names: dict[str, str]) -> dict[str, Any]:
+        """Send files (name in the dataset → path here) the server lacks and name them a dataset."""
         digests = {path: digest_of(Path(path)) for path in names.values()}
         sent = self.upload_files(digests)
         files = {name: digests[path] for name, path in names.items()}

@@ -10,11 +10,11 @@ import click
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from farm.cli.client import server_url
+from farm.cli.client import Client, server_url
 from farm.cli.lab import submit, watch_job
 from farm.cli.options import json_option
 from farm.cli.views import connect, remote
-from farm.errors import RenderFailed
+from farm.errors import FarmError, RenderFailed
 from pipelines import comp as pipeline
 
 spec_argument = click.argument("spec_file", type=click.Path(dir_okay=False, path_type=Path))
@@ -26,9 +26,44 @@ after_option = click.option(
 )
 
 
-def read_spec(path: Path) -> dict[str, Any]:
-    """The spec file's tables, relative paths made absolute from here."""
-    return pipeline.absolute_paths(pipeline.read_toml(path), Path.cwd())
+upload_option = click.option(
+    "--upload/--no-upload",
+    default=None,
+    help="Send the inputs found here to the farm server, the other paths being the server's "
+    "(the default when the server is on another machine); --no-upload: paths on a shared drive.",
+)
+
+
+def read_spec(path: Path, upload: bool | None = None) -> dict[str, Any]:
+    """The spec file's tables, for this machine or the server. Here, or without uploading,
+    relative paths are made absolute from here. Uploading (by default when the server is on
+    another machine), an input found here is uploaded (:func:`upload_inputs`), and the other
+    paths are the server's: relative ones in your folder there."""
+    data = pipeline.read_toml(path)
+    client = remote("farm comp").client if server_url() else None
+    if client is None and upload:
+        raise FarmError("--upload sends the inputs to a farm server, and none is configured")
+    if client is None or upload is False or (upload is None and client.on_this_machine):
+        return pipeline.absolute_paths(data, Path.cwd())
+    return upload_inputs(data, client)
+
+
+def upload_inputs(data: dict[str, Any], client: Client) -> dict[str, Any]:
+    """The spec with each input whose files are here (a still, or a ``####`` sequence's frames)
+    uploaded once by content, its path then ``sha256:<dataset>/<its file name>``."""
+    inputs = data.get("inputs")
+    if not isinstance(inputs, dict):
+        return data  # the server names what is wrong
+    moved = dict(inputs)
+    for name, table in inputs.items():
+        if not isinstance(table, dict) or not isinstance(table.get("path"), str):
+            continue
+        here = Path(table["path"]).expanduser()
+        found = pipeline.files_of(str(here if here.is_absolute() else Path.cwd() / here))
+        if found:
+            dataset = client.upload_named({p.name: str(p) for p in found})
+            moved[name] = {**table, "path": f"{dataset['data']}/{here.name}"}
+    return {**data, "inputs": moved}
 
 
 def submit_comp(data: dict[str, Any], after: list[int], priority: int, lab: str | None) -> int:
@@ -86,8 +121,11 @@ def finish(summary: dict[str, Any], as_json: bool) -> None:
 @spec_argument
 @after_option
 @priority_option
+@upload_option
 @json_option
-def comp(spec_file: Path, after: tuple[int, ...], priority: int, as_json: bool) -> None:
+def comp(
+    spec_file: Path, after: tuple[int, ...], priority: int, upload: bool | None, as_json: bool
+) -> None:
     """Composite with SPEC_FILE (TOML): each frame a task, then a contact sheet and a movie.
 
     \b
@@ -96,7 +134,7 @@ def comp(spec_file: Path, after: tuple[int, ...], priority: int, as_json: bool) 
       farm comp plates_over_stills.toml               # inputs all on disk already
     With a farm server configured, the comp is submitted there and followed here.
     """
-    finish(run_comp(read_spec(spec_file), list(after), priority), as_json)
+    finish(run_comp(read_spec(spec_file, upload), list(after), priority), as_json)
 
 
 @submit.command("comp")
@@ -104,23 +142,29 @@ def comp(spec_file: Path, after: tuple[int, ...], priority: int, as_json: bool) 
 @after_option
 @priority_option
 @click.option("--lab", help="Run only on this lab's nodes, e.g. film.")
+@upload_option
 @json_option
 def submit_comp_command(
-    spec_file: Path, after: tuple[int, ...], priority: int, lab: str | None, as_json: bool
+    spec_file: Path,
+    after: tuple[int, ...],
+    priority: int,
+    lab: str | None,
+    upload: bool | None,
+    as_json: bool,
 ) -> None:
     """Queue a comp with SPEC_FILE on the farm server; prints its id at once."""
-    job = submit_comp(read_spec(spec_file), list(after), priority, lab)
+    job = submit_comp(read_spec(spec_file, upload), list(after), priority, lab)
     if as_json:
         click.echo(json.dumps({"id": job, "state": "queued"}))
     else:
         click.echo(f"job {job} queued; follow it with: farm watch {job}")
 
 
-def check_spec(path: Path | None) -> dict[str, Any] | None:
+def check_spec(path: Path | None, upload: bool | None = None) -> dict[str, Any] | None:
     """A ``--comp`` spec read before the render starts, so a typo costs no render."""
     if path is None:
         return None
-    data = read_spec(path)
+    data = read_spec(path, upload)
     if not server_url():
         pipeline.parse(data)  # the server checks it on submission
     return data

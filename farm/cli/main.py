@@ -38,7 +38,7 @@ EXAMPLE_BUILDER = Path(__file__).resolve().parents[2] / "examples" / "build_shot
 
 
 def _render(scene: str, kwargs: dict[str, Any]) -> None:
-    comp = check_spec(kwargs.pop("comp", None))
+    comp = check_spec(kwargs.pop("comp", None), kwargs.get("upload"))
     as_json = kwargs.pop("as_json")
     if server_url():  # lab mode: the server renders; follow it here as if it ran here
         job, _ = submit_render({"scene": scene, **kwargs, "after": ()})

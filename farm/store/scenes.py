@@ -11,12 +11,14 @@ jobs use it.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import tempfile
 from pathlib import Path
 
 from farm.errors import FarmError
+from workers.scene_cache import dataset_manifest, dataset_parts, dataset_tree
 
 PREFIX = "sha256:"
 MAX_BYTES = 8 << 30  # 8 GiB: a heavy production .blend, not a disk filler
@@ -54,6 +56,36 @@ class ContentStore:
 
     def upload(self, digest: str) -> Upload:
         return Upload(self.path(digest))
+
+    def dataset(self, name: str) -> dict[str, str]:
+        """An uploaded dataset's files (name → sha256) from its manifest (``name``: sha256:…)."""
+        digest = check_digest(name.removeprefix(PREFIX))
+        manifest = self.path(digest)
+        if not manifest.is_file():
+            raise FarmError(f"no uploaded dataset {name} on this server: upload it (farm data put)")
+        text = manifest.read_bytes()
+        try:
+            files = json.loads(text)
+        except ValueError:
+            files = None
+        if not isinstance(files, dict) or text != dataset_manifest(files):
+            raise FarmError(f"{name} is an uploaded file, not a dataset (farm data put makes one)")
+        return files
+
+    def uploaded_path(self, path: str) -> str:
+        """``sha256:<dataset>/<name>`` (a file or ``####`` sequence of an uploaded dataset) as a
+        path on this machine: the dataset laid out beside the store (``../trees/<id>``), each
+        file a hard link to the store's copy."""
+        name, _, inner = path.partition("/")
+        files = self.dataset(name)
+        try:
+            dataset_parts(inner)
+        except ValueError as error:
+            raise FarmError(f"{path[:200]!r}: {error}") from None
+        tree = dataset_tree(
+            files, lambda digest: self.path(digest).read_bytes(), self.folder.parent
+        )
+        return str(tree / inner)
 
 
 class SceneStore(ContentStore):

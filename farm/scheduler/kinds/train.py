@@ -15,13 +15,12 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from farm.errors import FarmError
 from farm.labs import LAB_SHARE, lab_resource
 from farm.scheduler.kinds.base import ActiveJob, Event, Loop, Start
-from farm.store.scenes import PREFIX
+from farm.store.scenes import PREFIX, ContentStore
 from farm.store.states import State, TaskRef
 from farm.store.tables import Event as StoreEvent
 from farm.store.tables import Job
 from pipelines.train import TrainSpec
 from workers.run_storage import RunFiles
-from workers.scene_cache import dataset_manifest
 
 
 @functools.cache
@@ -169,21 +168,13 @@ class TrainJob(ActiveJob):
 
 
 def read_dataset(data: str | None, uploads: Path | None) -> dict[str, str] | None:
-    """An uploaded dataset's files (name → sha256) from its manifest in the server's store; None
-    for no dataset or a folder path (a shared drive every node sees)."""
+    """An uploaded dataset's files (name → sha256); None for no dataset or a folder path (a
+    shared drive every node sees)."""
     if not data or not data.startswith(PREFIX):
         return None
-    digest = data.removeprefix(PREFIX)
-    manifest = uploads / digest if uploads is not None else None
-    if manifest is None or not manifest.is_file():
-        raise FarmError(f"no uploaded dataset {data} on this server: upload it (farm data put)")
-    try:
-        files = json.loads(manifest.read_bytes())
-    except ValueError:
-        files = None
-    if not isinstance(files, dict) or manifest.read_bytes() != dataset_manifest(files):
-        raise FarmError(f"{data} is an uploaded file, not a dataset (farm data put makes one)")
-    return files
+    if uploads is None:
+        raise FarmError(f"no uploaded dataset {data} here: uploads need a farm server")
+    return ContentStore(uploads).dataset(data)
 
 
 def telling_line(text: str) -> str:
