@@ -218,13 +218,19 @@ def _texture(path: Path, seed: int) -> None:
 
 
 def _session_render(scene: Path, blender: str, folder: Path, remap_root: Path | None):
+    return _session_render_frame(scene, blender, folder, remap_root, 1)
+
+
+def _session_render_frame(
+    scene: Path, blender: str, folder: Path, remap_root: Path | None, frame: int
+):
     session = BlenderSession(
         SessionOptions(blender, scene, remap_root=None if remap_root is None else str(remap_root))
     )
     try:
         session.start()
         session.configure({})
-        return session.render(1, None, {}, folder), session.remapped
+        return session.render(frame, None, {}, folder), session.remapped
     finally:
         session.close()
 
@@ -267,3 +273,121 @@ def test_a_scene_renders_from_its_tree_as_it_did_on_the_laptop(
     plain, _ = _session_render(on_node, blender, tmp_path / "out", None)
     assert not np.array_equal(pixels(plain), reference)  # a.png is missing without the remap
     shutil.rmtree(tmp_path / "laptop_gone")
+
+
+SIMULATED = """
+import random, sys
+import bpy
+
+root = sys.argv[sys.argv.index("--") + 1]
+random.seed(3)
+
+
+def glowing(name, image=None, colour=(1.0, 0.5, 0.1, 1.0)):
+    material = bpy.data.materials.new(name)
+    material.use_nodes = True
+    nodes = material.node_tree.nodes
+    nodes.clear()
+    emission = nodes.new("ShaderNodeEmission")
+    emission.inputs["Color"].default_value = colour
+    if image is not None:
+        texture = nodes.new("ShaderNodeTexImage")
+        texture.image, texture.interpolation = image, "Closest"
+        material.node_tree.links.new(texture.outputs["Color"], emission.inputs["Color"])
+    output = nodes.new("ShaderNodeOutputMaterial")
+    material.node_tree.links.new(emission.outputs["Emission"], output.inputs["Surface"])
+    return material
+
+
+texture = bpy.data.images.new("libabs", 8, 8)
+texture.pixels = [random.random() if i % 4 != 3 else 1.0 for i in range(8 * 8 * 4)]
+texture.filepath_raw, texture.file_format = f"{root}/abs/libabs.png", "PNG"
+texture.save()
+
+# The library: a plane whose texture is named by an absolute path, inside the library.
+bpy.ops.wm.read_factory_settings(use_empty=True)
+bpy.ops.wm.save_as_mainfile(filepath=f"{root}/assets/lib.blend")
+image = bpy.data.images.load(f"{root}/abs/libabs.png")
+bpy.ops.mesh.primitive_plane_add(size=3, location=(-2, 0, 0))
+bpy.context.active_object.name = "prop"
+bpy.context.active_object.data.materials.append(glowing("prop", image))
+bpy.context.active_object.use_fake_user = True
+bpy.ops.wm.save_mainfile(relative_remap=False)
+
+# The shot: the prop linked, and a cloth falling, baked to disk, then its settings changed: the
+# bake, not a new simulation, moves it (one without its files does not move at all).
+bpy.ops.wm.read_factory_settings(use_empty=True)
+bpy.ops.wm.save_as_mainfile(filepath=f"{root}/shots/sim.blend")
+scene = bpy.context.scene
+scene.render.engine, scene.cycles.samples, scene.cycles.seed = "CYCLES", 2, 0
+scene.cycles.use_denoising = False
+scene.render.resolution_x, scene.render.resolution_y, scene.render.resolution_percentage = 48, 27, 100
+scene.frame_start, scene.frame_end = 1, 4
+scene.render.image_settings.file_format = "OPEN_EXR"
+camera = bpy.data.objects.new("camera", bpy.data.cameras.new("camera"))
+camera.data.type, camera.data.ortho_scale = "ORTHO", 8.0
+camera.location = (0, 0, 6)
+scene.collection.objects.link(camera)
+scene.camera = camera
+with bpy.data.libraries.load(f"{root}/assets/lib.blend", link=True, relative=True) as (_, into):
+    into.objects = ["prop"]
+scene.collection.objects.link(bpy.data.objects["prop"])
+bpy.ops.mesh.primitive_grid_add(x_subdivisions=6, y_subdivisions=6, size=3, location=(2, 0, 1))
+flag = bpy.context.active_object
+flag.data.materials.append(glowing("flag"))
+cloth = flag.modifiers.new("Cloth", "CLOTH")
+cloth.point_cache.use_disk_cache, cloth.point_cache.frame_end = True, 4
+flag.rotation_euler = (0.6, 0.3, 0.0)
+bpy.ops.wm.save_mainfile()
+scene.gravity = (40.0, 0.0, -9.8)  # a bake that runs sideways
+with bpy.context.temp_override(scene=scene):
+    bpy.ops.ptcache.bake_all(bake=True)
+scene.gravity = (0.0, 0.0, -9.8)
+cloth.settings.mass = 40.0
+assert cloth.point_cache.is_baked
+bpy.ops.wm.save_mainfile()
+"""
+
+
+def test_a_librarys_absolute_texture_and_a_baked_cloth_render_from_the_tree_as_on_the_laptop(
+    blender: str, tmp_path: Path
+) -> None:
+    """The files Blender lists at submission, laid out on the node: the library's own absolute
+    path is remapped into the tree, the bake is read from it."""
+    from conftest import blender_render, pixels
+
+    from farm.scene_files import scene_files
+
+    laptop = tmp_path / "laptop"
+    for folder in ("shots", "assets", "abs"):
+        (laptop / folder).mkdir(parents=True)
+    script = tmp_path / "simulated.py"
+    script.write_text(SIMULATED)
+    built = [blender, "-b", "--factory-startup", "--python-exit-code", "1", "--python"]
+    done = subprocess.run([*built, str(script), "--", str(laptop)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+    scene = laptop / "shots" / "sim.blend"
+    reference = pixels(blender_render(blender, scene, 4, tmp_path / "reference.exr"))
+    files = [dep.path for dep in scene_files(scene, blender)]
+    assert sorted(Path(f).relative_to(laptop).as_posix() for f in files) == [
+        "abs/libabs.png",
+        "assets/lib.blend",
+        *(f"shots/blendcache_sim/{b'Grid'.hex().upper()}_{f:06d}_00.bphys" for f in range(1, 5)),
+    ]
+    originals = {p: hashlib.sha256(Path(p).read_bytes()).hexdigest() for p in [str(scene), *files]}
+    by_digest = {digest: Path(path) for path, digest in originals.items()}
+    bundle = Bundle(str(scene), tuple(originals.items()))
+    on_node = materialize(bundle, lambda digest: by_digest[digest].read_bytes(), tmp_path / "node")
+    laptop.rename(tmp_path / "laptop_gone")  # the node has no view of the laptop's files
+    tree = tmp_path / "node" / "trees" / bundle.id
+
+    remapped, moved = _session_render_frame(on_node, blender, tmp_path / "out", tree, 4)
+    assert moved["missing"] == [] and moved["paths"] >= 1  # the library's libabs.png
+    assert np.array_equal(pixels(remapped), reference)
+    plain, _ = _session_render_frame(on_node, blender, tmp_path / "plain", None, 4)
+    assert not np.array_equal(pixels(plain), reference)  # libabs.png is missing without it
+    tree.chmod(0o700)
+    for cached in (on_node.parent / "blendcache_sim").iterdir():
+        cached.unlink()  # without its bake, the cloth would not move
+    unbaked, _ = _session_render_frame(on_node, blender, tmp_path / "unbaked", tree, 4)
+    assert not np.array_equal(pixels(unbaked), reference)

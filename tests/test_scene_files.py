@@ -99,6 +99,33 @@ font.name, font.filepath = "label", bpy.path.relpath(font_copy)
 text = bpy.data.curves.new("title", "FONT")
 text.font = font
 bpy.context.scene.collection.objects.link(bpy.data.objects.new("title", text))
+# Simulations baked to disk: a cloth (an unnamed cache: its files are named by its object's name
+# in hex) and particles (a named cache), both in //blendcache_shot/, and a smoke domain, in the
+# folder its settings name.
+scene = bpy.context.scene
+scene.frame_start, scene.frame_end = 1, 2
+bpy.ops.mesh.primitive_grid_add(x_subdivisions=3, y_subdivisions=3, size=1)
+flag = bpy.context.active_object
+flag.name = "Flag"
+cloth = flag.modifiers.new("Cloth", "CLOTH")
+cloth.point_cache.use_disk_cache = True
+cloth.point_cache.frame_end = 2
+flag.modifiers.new("Sparks", "PARTICLE_SYSTEM")
+sparks = flag.particle_systems[0]
+sparks.point_cache.use_disk_cache, sparks.point_cache.name = True, "sparks"
+sparks.settings.count, sparks.settings.frame_start, sparks.settings.frame_end = 4, 1, 2
+bpy.ops.mesh.primitive_cube_add()
+domain = bpy.context.active_object
+domain.name = "Smoke"
+fluid = domain.modifiers.new("Fluid", "FLUID")
+fluid.fluid_type = "DOMAIN"
+smoke = fluid.domain_settings
+smoke.cache_directory, smoke.resolution_max = "//../cache/smoke", 6
+smoke.cache_frame_start, smoke.cache_frame_end = 1, 2  # a replay cache: written as frames run
+bpy.ops.wm.save_mainfile()
+with bpy.context.temp_override(scene=scene):
+    bpy.ops.ptcache.bake_all(bake=True)
+assert cloth.point_cache.is_baked and sparks.point_cache.is_baked
 bpy.ops.wm.save_mainfile()
 stored = {i.name: i.filepath for i in bpy.data.images}
 stored.update({l.name: l.filepath for l in bpy.data.libraries}, label=font.filepath)
@@ -138,13 +165,26 @@ def test_every_file_the_scene_uses_is_listed_with_its_data_block(tree: Path, ble
     def dep(path: str, block: str, lib: str | None = None) -> Dependency:
         return Dependency(str(tree / path), block, lib)
 
+    smoke = sorted(p for p in (tree / "cache/smoke").rglob("*") if p.is_file())  # the bake's
+    assert {p.suffix for p in smoke} >= {".uni", ".vdb"}, smoke
+    cloth = "cloth 'Cloth' of object 'Flag'"
+    flag = "466C6167"  # "Flag", as Blender names an unnamed cache's files; _01: its 2nd cache
     assert scene_files(tree / "shots" / "shot.blend", blender) == [
         dep("abs/absolute.png", "image 'absolute'"),
         dep("assets/inner.blend", "library 'inner.blend'", library),  # linked by lib.blend
         dep("assets/innertex.png", "image 'innertex'", inner),  # relative to inner.blend
         dep("assets/props/lib.blend", "library 'lib.blend'"),
         dep("assets/props/tex/libtex.png", "image 'libtex'", library),  # relative to lib.blend
+        *(dep(str(p.relative_to(tree)), "fluid domain 'Fluid' of object 'Smoke'") for p in smoke),
         dep("fonts/" + os.listdir(tree / "fonts")[0], "font 'label'"),
+        *(dep(f"shots/blendcache_shot/{flag}_00000{f}_01.bphys", cloth) for f in (1, 2)),
+        *(
+            dep(
+                f"shots/blendcache_shot/sparks_00000{f}_00.bphys",
+                "particles 'Sparks' of object 'Flag'",
+            )
+            for f in (1, 2)
+        ),
         dep("tex/seq/frame_0001.png", "image 'seq'"),  # every frame, not other_0001.png
         dep("tex/seq/frame_0002.png", "image 'seq'"),
         dep("tex/seq/frame_0003.png", "image 'seq'"),
@@ -190,3 +230,16 @@ def test_a_file_that_is_not_a_blend_is_refused_in_one_line(tmp_path: Path):
     assert "\n" not in message and "not supported" in message
     with pytest.raises(FarmError, match="no such file"):
         scene_files(tmp_path / "absent.blend")
+
+
+def test_a_bake_deleted_on_the_laptop_is_refused_naming_the_simulation(tree: Path, tmp_path: Path):
+    """A baked cache with no file left would simulate again on a node, or not move at all."""
+    copy = copy_of(tree, tmp_path)
+    shutil.rmtree(copy / "shots" / "blendcache_shot")
+    with pytest.raises(FarmError) as refused:
+        scene_files(copy / "shots" / "shot.blend")
+    assert str(refused.value) == (
+        "shot.blend: cloth 'Cloth' of object 'Flag' uses "
+        f"{copy}/shots/blendcache_shot/466C6167_000001_01.bphys, which does not exist "
+        "(and 1 more missing)"
+    )

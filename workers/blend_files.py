@@ -18,9 +18,11 @@ script checked on Blender 3.4 what it stores:
   in ``image.tiles``: one entry a tile (older files: a 1001-style number; ``<UVTILE>`` too);
 * a ``//`` path of a linked data-block is relative to its library's folder, and the path of an
   indirectly linked library is stored relative to the open .blend (Blender rewrites it on load);
-* text data-blocks keep their content in the .blend: their files are not listed. Fluid and ocean
-  bake folders (outputs until baked) are not listed either, nor point caches on disk: a baked
-  simulation does not travel yet. ``bpy.utils.blend_paths`` (whose ``packed=False`` leaves packed
+* text data-blocks keep their content in the .blend: their files are not listed. An ocean's bake
+  folder is not listed (it is an output until baked); a fluid domain's cache folder is listed
+  file by file where it exists, and so is each point cache kept on disk (cloth, soft body,
+  particles, dynamic paint), as Blender names its ``.bphys`` files (:func:`baked_files`): a baked
+  simulation travels with the scene. ``bpy.utils.blend_paths`` (whose ``packed=False`` leaves packed
   files out in 3.4, whatever its docstring says) is the net for the rest: what it names and this
   walk did not attribute is listed as ``unknown data-block``.
 
@@ -111,6 +113,60 @@ class Listing:
         self.add(files, f"{kind} '{id_block.name}'", library_path(id_block.library))
 
 
+def folder_files(folder):
+    """Every file under ``folder`` (a bake's), in order; none when it does not exist."""
+    found = []
+    for parent, folders, names in os.walk(folder):
+        folders.sort()
+        found += [os.path.join(parent, n) for n in sorted(names)]
+    return found
+
+
+def point_caches(obj):
+    """``(what, cache)`` for each point cache of ``obj`` kept on disk (cloth, soft body, particles,
+    dynamic paint), each of a cache's stack."""
+    owners = []
+    for modifier in obj.modifiers:
+        if modifier.type in {"CLOTH", "SOFT_BODY"}:
+            owners.append(
+                (f"{modifier.type.lower().replace('_', ' ')} '{modifier.name}'", modifier)
+            )
+        elif modifier.type == "PARTICLE_SYSTEM":
+            owners.append(
+                (f"particles '{modifier.particle_system.name}'", modifier.particle_system)
+            )
+        elif modifier.type == "DYNAMIC_PAINT" and modifier.canvas_settings is not None:
+            for surface in modifier.canvas_settings.canvas_surfaces:
+                owners.append((f"dynamic paint '{surface.name}'", surface))
+    for what, owner in owners:
+        for cache in owner.point_cache.point_caches:
+            if cache.use_disk_cache or cache.use_external:
+                yield f"{what} of object '{obj.name}'", cache
+
+
+def baked_files(obj, cache):
+    """The files of a point cache on disk, as Blender names them: ``<name>_<frame:06>_<index:02>
+    .bphys`` (an unnamed cache's name is its object's name in upper-case hex) in
+    ``//blendcache_<blend's name>/`` beside the .blend that holds the object, or in the cache's
+    own folder (``use_external``). A baked cache without its files lists its first: missing."""
+    if cache.use_external:
+        folder = absolute(cache.filepath, obj.library)
+    else:
+        blend = library_path(obj.library) or bpy.data.filepath
+        stem = os.path.splitext(os.path.basename(blend))[0]
+        folder = os.path.join(os.path.dirname(blend), f"blendcache_{stem}")
+    name = cache.name or obj.name.encode("utf-8").hex().upper()
+    index = f"_{cache.index:02d}" if cache.index >= 0 else ""
+    pattern = re.compile(re.escape(name) + r"_\d{6}" + re.escape(index) + r"\.bphys$")
+    try:
+        found = sorted(n for n in os.listdir(folder) if pattern.match(n))
+    except OSError:
+        found = []
+    if found or not cache.is_baked:
+        return [os.path.join(folder, n) for n in found]
+    return [os.path.join(folder, f"{name}_{cache.frame_start:06d}{index}.bphys")]  # missing
+
+
 def packed(block):
     """Packed into the .blend: nothing to carry."""
     if getattr(block, "packed_file", None) is not None:
@@ -159,8 +215,12 @@ def walk(listing):
             elif modifier.type == "OCEAN":  # a bake folder: not listed, not "unknown" either
                 listing.claimed.add(absolute(modifier.filepath, block.library))
             elif modifier.type == "FLUID" and modifier.fluid_type == "DOMAIN":
-                folder = modifier.domain_settings.cache_directory
-                listing.claimed.add(absolute(folder, block.library))
+                folder = absolute(modifier.domain_settings.cache_directory, block.library)
+                listing.claimed.add(folder)
+                name = f"fluid domain '{modifier.name}' of object '{block.name}'"
+                listing.add(folder_files(folder), name, library_path(block.library))
+        for name, cache in point_caches(block):
+            listing.add(baked_files(block, cache), name, library_path(block.library))
     for scene in bpy.data.scenes:
         editor = scene.sequence_editor
         strips = getattr(editor, "sequences_all", None) or getattr(editor, "strips_all", ())
@@ -185,6 +245,8 @@ def list_files():
     listing = Listing()
     walk(listing)
     for path in bpy.utils.blend_paths(absolute=True, packed=False, local=False):
+        if not path:  # a point cache in the .blend's own folder names none
+            continue
         path = os.path.normpath(path)
         if path not in listing.claimed:
             listing.add([path], "unknown data-block", None)

@@ -141,8 +141,8 @@ def render(scene, command):
     return {"path": os.path.join(folder, written[0]), "seconds": time.monotonic() - started}
 
 
-# The local data-blocks that name a file, and the property that names it. Linked data-blocks keep
-# theirs (a library's own data is read-only here: a file it names by an absolute path stays missing).
+# The data-blocks that name a file, and the property that names it (Blender lets Python point a
+# linked data-block's file elsewhere: a library's absolute paths are remapped too).
 ID_PATHS = (
     ("images", "filepath"),
     ("movieclips", "filepath"),
@@ -181,9 +181,23 @@ def is_absolute(path):
     return path.startswith(("/", "\\\\")) or _DRIVE.match(path) is not None
 
 
+def external_caches(modifier):
+    """The point caches of ``modifier`` kept in a folder of their own (``use_external``): one
+    named by an absolute path is remapped; the others live in ``//blendcache_*`` beside their
+    .blend, in the tree already."""
+    owner = modifier
+    if modifier.type == "PARTICLE_SYSTEM":
+        owner = modifier.particle_system
+    owners = [owner] if modifier.type in {"CLOTH", "SOFT_BODY", "PARTICLE_SYSTEM"} else []
+    if modifier.type == "DYNAMIC_PAINT" and modifier.canvas_settings is not None:
+        owners = list(modifier.canvas_settings.canvas_surfaces)
+    return [c for o in owners for c in o.point_cache.point_caches if c.use_external]
+
+
 def remap(root):
-    """Rewrite each absolute path of the local data to ``mirrored(root, path)`` and reload the
-    libraries moved; relative paths resolve in the tree already (the scene is opened from it)."""
+    """Rewrite each absolute path the data names (linked data too) to ``mirrored(root, path)``
+    and reload the libraries moved; relative paths resolve in the tree already (the scene is
+    opened from it)."""
     if not os.path.isabs(root):
         raise ValueError(f"remap root must be absolute: {root!r}")
     mirrored = scene_cache().mirrored
@@ -212,13 +226,15 @@ def remap(root):
         library.reload()
     for collection, attribute in ID_PATHS:
         for block in getattr(bpy.data, collection, ()):
-            if block.library is None and getattr(block, "packed_file", None) is None:
+            if getattr(block, "packed_file", None) is None:
                 move(block, attribute)
     for block in bpy.data.objects:
-        for modifier in block.modifiers if block.library is None else ():
+        for modifier in block.modifiers:
             for kind, attribute in MODIFIER_PATHS:
                 if modifier.type == kind:
                     move(modifier, attribute)
+            for cache in external_caches(modifier):
+                move(cache, "filepath")
     for block in bpy.data.scenes:
         editor = block.sequence_editor if block.library is None else None
         strips = getattr(editor, "sequences_all", None) or getattr(editor, "strips_all", ())
