@@ -51,6 +51,14 @@ def farm_home() -> Path:
     return Path(os.environ.get("FARM_HOME", ".farm")).expanduser()
 
 
+def private_folder(path: Path) -> Path:
+    """A server's data folder: made if missing, and readable by the server's own user alone
+    (0700), whatever it was: the store, tokens' hashes, uploads and every user's outputs."""
+    path.mkdir(parents=True, exist_ok=True)
+    path.chmod(0o700)
+    return path
+
+
 STORE_FILE = "farm.db"  # the SQLite store in a farm's folder (the embedded farm's, a server's)
 
 

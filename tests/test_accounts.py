@@ -433,6 +433,8 @@ def test_the_admin_cli_makes_users_tokens_quotas_and_reads_usage(server, admin, 
 
 
 def test_outputs_and_scenes_outside_the_users_folder_are_refused(server, admin, tmp_path):
+    # The server's folder (store, uploads, every user's outputs) is the server's user's alone.
+    assert server.data.stat().st_mode & 0o777 == 0o700
     kim = server.client(enrolled(admin, "kim", cohort="paths"))
     root = server.data / "outputs" / "kim"
     root.mkdir(parents=True, exist_ok=True)

@@ -17,7 +17,7 @@ import ray
 import uvicorn
 
 from farm.api.app import create_app
-from farm.config import store_url
+from farm.config import private_folder, store_url
 from farm.errors import FarmError
 from farm.ray_token import check_token, find_token, reachable, use_token
 from farm.scheduler.connect import ensure_ray
@@ -86,7 +86,7 @@ def serve(
     ray_token: Path | None = None,
 ) -> None:
     """Run until interrupted (Ctrl-C or SIGTERM); ``half_life``: fair share's, in seconds."""
-    data_dir.mkdir(parents=True, exist_ok=True)
+    private_folder(data_dir)
     url = db or store_url(data_dir)
     engine = open_store(url)
     joined = join_ray(ray_address, ray_token)

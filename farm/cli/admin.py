@@ -42,11 +42,11 @@ def admin() -> None:
 def init(data_dir: Path, db: str | None, name: str | None, as_json: bool) -> None:
     """Create the first admin of a farm and print their token (shown only this once)."""
     from farm.accounts.auth import add_user, issue
-    from farm.config import store_url
+    from farm.config import private_folder, store_url
     from farm.store.tables import User, open_store, session
 
     name = name or getpass.getuser()
-    data_dir.mkdir(parents=True, exist_ok=True)
+    private_folder(data_dir)
     url = db or store_url(data_dir)
     with session(open_store(url)) as store:
         existing = store.query(User).filter(User.role == "admin").first()
