@@ -145,6 +145,19 @@ def test_a_farm_without_the_training_extra_says_how_to_install_it(tmp_path) -> N
     assert "pip install torch" not in line  # an unpinned torch is a CUDA build of gigabytes
 
 
+def test_training_data_that_is_not_here_is_refused_in_one_line(tmp_path) -> None:
+    script = Path(__file__).resolve().parent.parent / "examples" / "train_digits.py"
+    for data, message in (
+        (str(tmp_path / "none"), f"--data {tmp_path / 'none'}: no such folder"),
+        ("sha256:" + "0" * 64, "an uploaded dataset lives on a farm server (farm login)"),
+    ):
+        result = farm("train", str(script), "--data", data, cwd=tmp_path)
+        assert result.returncode == 2, result.stderr
+        [line] = result.stderr.strip().splitlines()
+        assert line.startswith("error: ") and message in line, line
+    assert list(tmp_path.iterdir()) == []  # no store, no run folder
+
+
 def test_blender_not_found(scene, tmp_path) -> None:
     result = farm(
         "render",

@@ -63,6 +63,10 @@ def train_options(function: Any) -> Any:
 def _data(data: str | None, client: Client | None) -> str | None:
     """What a run names as its data: an uploaded dataset's ``sha256:…``, or a folder's absolute
     path where the nodes see it (this machine's, or the server's when it runs here)."""
+    if data and data.startswith(PREFIX) and client is None:
+        raise FarmError(
+            f"--data {data[:80]}: an uploaded dataset lives on a farm server (farm login); here, give its folder"
+        )
     if not data or data.startswith(PREFIX):
         return data
     folder = Path(data)
