@@ -19,7 +19,7 @@ from typing import Any
 from farm.tiling.imagefile import Pixels, read_pixels
 from pipelines.render import RenderTask
 from workers.blender_session import BlenderSession, SessionOptions
-from workers.scene_cache import Bundle, materialize, node_cache
+from workers.scene_cache import Bundle, materialize, node_cache, tree_path
 
 PROGRESS_INTERVAL = 0.5  # seconds between progress updates of one slot
 
@@ -87,7 +87,7 @@ class RenderSlot:
 
         cache = node_cache()
         scene = materialize(bundle, lambda digest: ray.get(self.shipped[digest]), cache)
-        root = cache / "trees" / bundle.id
+        root = tree_path(cache, bundle.id)
         self.session.options = replace(self.session.options, scene=scene, remap_root=str(root))
 
     def _device_settings(self) -> dict[str, Any]:

@@ -236,6 +236,11 @@ def dataset_tree(files: dict[str, str], fetch: Callable[[str], bytes], cache: Pa
     return lay_out(layout, dataset_id(files), fetch, cache)
 
 
+def tree_path(cache: Path, tree_id: str) -> Path:
+    """Where the tree ``tree_id`` (a bundle's or a dataset's id) lies in ``cache``."""
+    return Path(cache) / "trees" / tree_id
+
+
 def lay_out(
     layout: dict[tuple[str, ...], str], tree_id: str, fetch: Callable[[str], bytes], cache: Path
 ) -> Path:
@@ -246,7 +251,7 @@ def lay_out(
     nothing) and stored read-only as ``cache/files/<sha256>``; then each path is hard-linked in a
     temp folder renamed into place (a tree in place is always whole; the next call reuses it)."""
     cache = Path(cache)
-    tree = cache / "trees" / tree_id
+    tree = tree_path(cache, tree_id)
     if tree.is_dir():
         return tree
     for folder in ("files", "locks", "trees"):

@@ -25,6 +25,7 @@ from farm.api.models import (
 )
 from farm.errors import FarmError, Forbidden
 from farm.scheduler.kinds import comp as comp_job
+from farm.scheduler.kinds.render import uploaded_origin
 from farm.scheduler.kinds.train import read_dataset
 from farm.scheduler.loop import Scheduler
 from farm.store import submit
@@ -178,7 +179,7 @@ def bundle(body: RenderSubmission, digest: str | None, files: Files) -> dict[str
         if body.files or body.origin:
             raise FarmError("files and origin belong to an uploaded scene (scene: sha256:…)")
         return {}
-    origin = body.origin or f"/uploaded/{digest}.blend"
+    origin = body.origin or uploaded_origin(digest)
     if missing := files.missing(list(body.files.values())):
         path = next(p for p, d in body.files.items() if d == missing[0])
         raise FarmError(f"{path} (sha256:{missing[0]}) was not uploaded: PUT /files/{missing[0]}")

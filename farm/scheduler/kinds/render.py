@@ -33,12 +33,17 @@ SLOT_DEPTH = 2
 SLOT_START_FAILURES = 3  # slots of a job that fail to start in a row before its tasks fail
 
 
+def uploaded_origin(digest: str) -> str:
+    """Where a scene uploaded alone (no path of its own) lies in its node's tree."""
+    return f"/uploaded/{digest}.blend"
+
+
 def bundle_of(run: dict[str, Any]) -> Bundle | None:
     """An uploaded scene's bundle as its submission stored it (older jobs: the scene alone)."""
     digest = run.get("digest")
     if digest is None:
         return None
-    origin = run.get("origin") or f"/uploaded/{digest}.blend"
+    origin = run.get("origin") or uploaded_origin(digest)
     files = run.get("files") or [[origin, digest]]
     return Bundle(origin, tuple((path, sha) for path, sha in files))
 
