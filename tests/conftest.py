@@ -282,19 +282,17 @@ def farm_server(tmp_path_factory: pytest.TempPathFactory):
 # The longest modules first (measured: seconds in a serial run), so that the two workers end
 # together rather than one waiting on the training runs at the end; the rest follow in order.
 LONGEST_FIRST = [
+    "test_lab_machines",  # ~150 s: the one lab (head, server, film and ML nodes, nodes lost)
     "test_train",  # ~140 s on a busy worker
     "test_cli",  # ~130 s
+    "test_lab_train",  # a lab of its own and a training run on it
     "test_server_restart",
     "test_train_denoise",
     "test_api",
-    "test_lab_machines",  # ~60 s: a head, two nodes and a server, each a machine
-    "test_lab_comp",  # ~40 s: a head, a node, a render and a comp
     "test_bit_exact",
     "test_accounts",
     "test_failures",
-    "test_cluster",
     "test_comp",
-    "test_labs",
     "test_color",
     "test_fairshare",
 ]

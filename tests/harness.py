@@ -7,8 +7,8 @@ shot), and nothing of the farm's or Ray's settings from the test's environment. 
 virtual environment and Blender stay visible read-write, as an installed lab machine has them.
 Networking stays on this machine: every machine reaches the others by this machine's address.
 The machines share one PID namespace: a Ray driver finds its node's raylet by listing processes,
-and each command of a machine is a bubblewrap of its own. Powering a machine off SIGKILLs the
-process groups it started, as pulling a node's plug does.
+and each command of a machine is a bubblewrap of its own. Powering a machine off SIGKILLs every
+process it started and all of theirs at once, as pulling a node's plug does.
 
 A :class:`Lab` is how a lab is set up, step by step as the README says: ``farm node head``,
 ``farm admin init`` and ``farm server`` on the head, ``farm node join`` on each node with a copy of
@@ -21,7 +21,6 @@ import contextlib
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -29,6 +28,7 @@ import time
 from pathlib import Path
 
 import httpx
+import psutil
 
 # What a machine never inherits from the test's environment: each has its own settings.
 _PRIVATE = ("RAY_", "FARM_", "XDG_")
@@ -51,6 +51,7 @@ class Machine:
         self.tmp = lab / name
         (self.tmp / "home").mkdir(parents=True)
         self.processes: list[subprocess.Popen[str]] = []
+        self.node_id = ""  # its Ray node's id, once it joined the lab
 
     def path(self, inside: str) -> Path:
         """Where a path of this machine's /tmp lies on the real one (for the test to look)."""
@@ -107,13 +108,41 @@ class Machine:
         return path.read_text() if path.exists() else ""
 
     def power_off(self) -> None:
-        """SIGKILL every process the machine started, and theirs (one process group each)."""
-        for process in self.processes:
-            if process.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
+        """SIGKILL every process of the machine at once, as pulling its plug does: each it started
+        and all theirs. Not only their process groups: Ray's workers make groups of their own, and
+        a Blender a session of its own."""
+        leaders = [p for p in self.processes if p.poll() is None]
+        for _ in range(100):  # a process forked while the others died is found on the next pass
+            alive = self._alive(leaders)
+            if not alive:
+                break
+            for process in alive:
+                with contextlib.suppress(psutil.Error):
+                    process.kill()
+            time.sleep(0.02)
+        for process in leaders:
+            process.wait()
         self.processes.clear()
+
+    @staticmethod
+    def _alive(leaders: list[subprocess.Popen[str]]) -> list[psutil.Process]:
+        """The live processes of the sessions ``leaders`` head, and their descendants."""
+        sessions = {p.pid for p in leaders}
+        found: dict[int, psutil.Process] = {}
+        for process in psutil.process_iter():
+            with contextlib.suppress(psutil.Error, OSError):
+                if os.getsid(process.pid) in sessions:
+                    found[process.pid] = process
+        for leader in leaders:
+            with contextlib.suppress(psutil.Error):
+                for child in psutil.Process(leader.pid).children(recursive=True):
+                    found[child.pid] = child
+        live = []
+        for process in found.values():
+            with contextlib.suppress(psutil.Error):
+                if process.status() != psutil.STATUS_ZOMBIE:
+                    live.append(process)
+        return live
 
 
 class Lab:
@@ -121,8 +150,9 @@ class Lab:
 
     DATA = "/tmp/farm-data"  # the server's data folder, on the head
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, head_env: dict[str, str] | None = None) -> None:
         self.root = root
+        self.head_env = head_env or {}  # settings of the head's Ray (``RAY_…``), as its admin sets
         self.ray_port = free_port()
         self.http_port = free_port()
         self.head = Machine(root, "head")
@@ -142,7 +172,7 @@ class Lab:
         """``farm node head``, ``farm admin init``, ``farm server``: the README's head set-up."""
         self.head.start(
             "farm", "node", "head", "--port", str(self.ray_port), "--cpus", "0", "--block",
-            log="ray-head.log",
+            log="ray-head.log", env=self.head_env,
         )  # fmt: skip
         written = self.head.path("/tmp/ray/ray_current_cluster")  # once the head is all up
         self._wait(written.exists, timeout, self.head, "ray-head.log")
@@ -166,19 +196,24 @@ class Lab:
         """A lab node joined with ``farm node join`` and the head's token."""
         node = self.nodes[name] = Machine(self.root, name)
         token = self.token_copy(node)
-        before = self.alive_nodes()
+        before = self.alive_ids()
         node.start(
             "farm", "node", "join", "--address", self.ray_address, "--lab", lab,
             "--cpus", str(cpus), "--token-file", token, "--block",
             log="ray-node.log",
         )  # fmt: skip
-        self._wait(lambda: self.alive_nodes() > before, timeout, node, "ray-node.log")
+        self._wait(lambda: self.alive_ids() - before, timeout, node, "ray-node.log")
+        [node.node_id] = self.alive_ids() - before
         return node
 
-    def alive_nodes(self) -> int:
+    def alive_ids(self) -> set[str]:
+        """The Ray node ids of the lab's live nodes, the head's included."""
         nodes = self.api().get("/nodes")
         nodes.raise_for_status()
-        return sum(1 for n in nodes.json() if n.get("alive", True))
+        return {n["id"] for n in nodes.json() if n.get("alive", True)}
+
+    def alive_nodes(self) -> int:
+        return len(self.alive_ids())
 
     def api(self) -> httpx.Client:
         return httpx.Client(

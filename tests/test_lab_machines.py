@@ -1,29 +1,55 @@
 """A lab as a lab is set up: a Ray head with its token, a film node and an ML node that share no
 folder with the head nor with the trainee's laptop (tests/harness.py), a farm server on the head,
-and the CLI on the laptop."""
+and the CLI on the laptop. One lab for the whole module (starting one costs half a minute):
+
+* nodes join with the head's token; a shot with textures, a sequence and a library travels by hash
+  and renders on the film node bit for bit; uploads are checked;
+* lab placement: a render for the film lab runs only on film nodes; a node failing three tasks of
+  a job is blocked for it;
+* a comp ``--after`` an uploaded render: every file a comp task reads travels to the node through
+  Ray's object store, what it makes comes back to the server, ``farm fetch`` brings the frames,
+  previews, contact sheet and movie to the laptop, and the node keeps nothing of it;
+* a cancel stops the nodes' Blenders;
+* nodes the test joins itself, powered off mid-job (SIGKILL, as pulling the plug), lose no frame.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import time
+from collections import Counter
 from pathlib import Path
 
+import av
 import numpy as np
 import psutil
 import pytest
+from sqlalchemy import create_engine, select
 
 from farm.store.scenes import digest_of
+from farm.store.tables import Attempt, Job, Task, session
+from farm.tiling.imagefile import Pixels, read_pixels, write_frame
+from pipelines import comp
 from tests.conftest import pixels
-from tests.harness import Lab
+from tests.harness import Lab, Machine
+from tests.test_comp import COMP_OVER_PLATE
+from workers.comp import header, make_frame
+
+# The head's Ray takes a node that stops answering for dead after three failed health checks a
+# second apart (Ray's default: five, three seconds apart); a check still waits 10 s for a live
+# node's answer, so a busy node is not taken for dead. An admin sets the same on ``ray start``.
+QUICK_NODE_LOSS = {"RAY_health_check_period_ms": "1000", "RAY_health_check_failure_threshold": "3"}
 
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory):
-    lab = Lab(tmp_path_factory.mktemp("lab"))
+    """The head, a film node with two CPUs (a render's slots and a comp's frames side by side) and
+    an ML node with one. A test that powers a node off joins that node itself."""
+    lab = Lab(tmp_path_factory.mktemp("lab"), head_env=QUICK_NODE_LOSS)
     try:
         lab.start_head()
-        lab.join("film", "film")
+        lab.join("film", "film", cpus=2)
         lab.join("ml", "ml")
         yield lab
     finally:
@@ -109,7 +135,7 @@ def test_a_shot_with_textures_a_sequence_and_a_library_renders_on_the_film_node_
     )
     attempts = json.loads(lab.farm("logs", job, "--json").stdout)
     film = lab.nodes["film"]
-    assert {a["node"] for a in attempts} == {node_id(lab, "film")}, attempts
+    assert {a["node"] for a in attempts} == {film.node_id}, attempts
     trees = film.path("/tmp/home/.cache/farm/node/trees")  # the node's cache: the shot laid out
     assert len(list(trees.glob(f"*/{SCENE.lstrip('/')}"))) == 1
 
@@ -133,13 +159,6 @@ def test_a_shot_missing_a_texture_is_refused_at_submission_naming_it(lab: Lab, s
         assert lab.api().get("/jobs").json() == jobs
     finally:
         texture.write_bytes(kept)
-
-
-def node_id(lab: Lab, name: str) -> str:
-    """The Ray node id of the lab node ``name`` (the one whose labs include it)."""
-    nodes = lab.api().get("/nodes").json()
-    [node] = [n for n in nodes if n["alive"] and name in n["labs"]]
-    return node["id"]
 
 
 def test_uploads_are_checked_and_outputs_stay_in_the_users_folder(lab: Lab, shot: str) -> None:
@@ -179,6 +198,198 @@ def test_uploads_are_checked_and_outputs_stay_in_the_users_folder(lab: Lab, shot
     )
 
 
+def test_a_node_failing_three_tasks_of_a_job_is_blocked_for_it(lab: Lab) -> None:
+    """A probe runs on any node with CPUs: the film and ML nodes. Every task fails its first
+    attempt: six failures over two nodes, so one node reaches three."""
+    submitted = lab.farm(
+        "submit", "probe", "--tasks", "6", "--seconds", "0.3", "--fail-first", "1",
+        "--retries", "4", "--json",
+    )  # fmt: skip
+    assert submitted.returncode == 0, submitted.stderr
+    job = json.loads(submitted.stdout)["id"]
+    watched = lab.farm("watch", str(job))
+    assert watched.returncode == 0, watched.stdout + watched.stderr
+    store = lab.head.path(f"{Lab.DATA}/farm.db")  # the server's own, read beside it
+    db = session(create_engine(f"sqlite:///file:{store}?mode=ro&uri=true"))
+    row = db.get(Job, job)
+    assert row is not None and row.state == "done"
+    assert len(row.blocked_nodes) == 1  # the other node must stay: it is all the job has left
+    [blocked] = row.blocked_nodes
+    assert blocked in {lab.nodes["film"].node_id, lab.nodes["ml"].node_id}
+    tries = db.scalars(select(Attempt).join(Task).where(Task.job_id == job))
+    on_blocked = [a for a in tries if a.node == blocked]
+    third = sorted(a.ended_at for a in on_blocked if a.status == "failed")[2]
+    assert all(a.started_at <= third for a in on_blocked)  # nothing started there after the block
+
+
+# A render for the film lab and a comp after it: a small multilayer render with a see-through sky.
+OUTPUTS = f"{Lab.DATA}/outputs/admin"  # the admin's folder on the server (the head)
+LAYERED = "/tmp/layered/shot.blend"  # on the laptop
+FRAMES = (1, 2, 3)
+
+
+@pytest.fixture(scope="module")
+def render(lab: Lab, make_scene) -> str:
+    """The multilayer render, uploaded from the laptop for the film lab, and done."""
+    scene = lab.laptop.path(LAYERED)
+    scene.parent.mkdir(parents=True)
+    scene.write_bytes(
+        make_scene(32, 18, 2, len(FRAMES), "--transparent", "--multilayer").read_bytes()
+    )
+    submitted = lab.farm(
+        "submit", "render", LAYERED, "--upload", "--lab", "film", "--threads", "1",
+        "-o", "renders/layers_####.exr", "--json",
+    )  # fmt: skip
+    assert submitted.returncode == 0, submitted.stderr
+    job = str(json.loads(submitted.stdout)["id"])
+    watched = lab.farm("watch", job)
+    assert watched.returncode == 0, watched.stdout + watched.stderr
+    return job
+
+
+def test_a_render_for_the_film_lab_runs_only_on_film_nodes(lab: Lab, render: str) -> None:
+    """The ML node had a CPU free all along (a slot for each frame would have fitted only with
+    it); the render kept to the film node."""
+    api = lab.api()
+    assert api.get(f"/jobs/{render}").json()["state"] == "done"
+    attempts = json.loads(lab.farm("logs", render, "--json").stdout)
+    assert {a["node"] for a in attempts} == {lab.nodes["film"].node_id}, attempts
+    [ml] = [n for n in api.get("/nodes").json() if n["id"] == lab.nodes["ml"].node_id]
+    assert ml["alive"] and ml["cpus"] == 1 and ml["labs"] == ["ml"]
+    outputs = api.get(f"/jobs/{render}/outputs").json()
+    assert sorted(o["name"] for o in outputs) == [f"layers_{f:04d}.exr" for f in FRAMES]
+
+
+# Plates are not uploaded (only a render's scene and its files are): a comp's plate is a file on
+# the server already, named by its path there.
+def spec_for(plate: str, out: str, retries: int, review: bool = True) -> str:
+    """tests/test_comp.py's comp over a plate, its paths as the server has them."""
+    text = COMP_OVER_PLATE.replace('"plates/sky_####.exr"', f'"{plate}"')
+    text = text.replace('"comp/', f'"{out}/')
+    return f"retries = {retries}\n" + (text if review else text.split("[review]")[0])
+
+
+def plate_on_server(lab: Lab, name: str) -> Path:
+    from examples.make_plate import plate
+
+    path = lab.head.path(f"{OUTPUTS}/plates/{name}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_frame(path, Pixels(plate(32, 18, 1), ("R", "G", "B", "A")), "zip")
+    return path
+
+
+def submit_comp(lab: Lab, render: str, text: str) -> str:
+    lab.laptop.path("/tmp/home/comp.toml").write_text(text)
+    submitted = lab.farm(
+        "submit", "comp", "comp.toml", "--after", render, "--lab", "film", "--json"
+    )
+    assert submitted.returncode == 0, submitted.stderr
+    return str(json.loads(submitted.stdout)["id"])
+
+
+def test_a_comp_after_an_uploaded_render_needs_no_shared_folder(
+    lab: Lab, render: str, tmp_path: Path
+) -> None:
+    plate_on_server(lab, "sky.exr")  # a still: the same plate under every frame
+    out = f"{OUTPUTS}/comp"
+    spec = spec_for(f"{OUTPUTS}/plates/sky.exr", out, retries=2)
+    job = submit_comp(lab, render, spec)
+    watched = lab.farm("watch", job)
+    assert watched.returncode == 0, watched.stdout + watched.stderr
+    status = lab.api().get(f"/jobs/{job}").json()
+    assert status["state"] == "done", status
+    outputs = status["outputs"]
+    assert outputs["frames"] == [f"{out}/shot_{f:04d}.exr" for f in FRAMES]
+    assert outputs["previews"] == [f"{out}/preview/shot_{f:04d}.png" for f in FRAMES]
+    assert (outputs["contact_sheet"], outputs["movie"]) == (f"{out}/contact.png", f"{out}/shot.mp4")
+    attempts = json.loads(lab.farm("logs", job, "--json").stdout)
+    assert len({a["node"] for a in attempts}) == 1 and len(attempts) == len(FRAMES) + 1
+
+    # The frames come back to the laptop; the same comp made here from the same render and plate
+    # (the code embedded mode runs, files in place) gives the same pixels, bit for bit.
+    fetched = lab.farm("fetch", job, "/tmp/comp", "--json")
+    assert fetched.returncode == 0, fetched.stderr
+    every = sorted(json.loads(fetched.stdout)["files"])  # frames, previews, sheet and movie
+    assert [str(Path(f).relative_to("/tmp/comp")) for f in every] == sorted(
+        [
+            *(f"shot_{f:04d}.exr" for f in FRAMES),
+            *(f"preview/shot_{f:04d}.png" for f in FRAMES),
+            "contact.png",
+            "shot.mp4",
+        ]
+    )
+    for fetched_file in every:  # each the server's bytes
+        name = str(Path(fetched_file).relative_to("/tmp/comp"))
+        on_server = lab.head.path(f"{out}/{name}").read_bytes()
+        assert lab.laptop.path(fetched_file).read_bytes() == on_server, name
+    files = [f for f in every if f.endswith(".exr")]
+    renders = lab.farm("fetch", render, "/tmp/renders", "--json")
+    assert renders.returncode == 0, renders.stderr
+    data = comp.read_toml(lab.laptop.path("/tmp/home/comp.toml"))
+    data["inputs"]["shot"] = {
+        **{k: v for k, v in data["inputs"]["shot"].items() if k != "after"},
+        "path": str(lab.laptop.path("/tmp/renders/layers_####.exr")),
+    }
+    data["inputs"]["sky"]["path"] = str(lab.head.path(f"{OUTPUTS}/plates/sky.exr"))
+    data["output"] = {"path": str(tmp_path / "here_####.exr"), "depth": "float"}
+    del data["review"]
+    here = comp.inspect(comp.parse(data), header)
+    for frame, path in zip(FRAMES, files, strict=True):
+        make_frame(here, frame, None)
+        made = read_pixels(lab.laptop.path(path)).data
+        assert made.shape == (18, 32, 4)
+        assert np.array_equal(made, read_pixels(here.output(frame)).data)
+        shot = read_pixels(lab.laptop.path(f"/tmp/renders/layers_{frame:04d}.exr")).data
+        assert not np.array_equal(made, shot[..., :4])  # the sky is under it, graded
+    assert not np.array_equal(*(read_pixels(lab.laptop.path(p)).data for p in files[:2]))
+
+    # The review's outputs are on the server, where the job's paths point.
+    sheet = read_pixels(lab.head.path(outputs["contact_sheet"])).data
+    assert sheet.shape[2] == 3 and sheet.shape[1] > 32
+    with av.open(str(lab.head.path(outputs["movie"]))) as movie:
+        decoded = [f.to_ndarray(format="rgb24") for f in movie.decode(video=0)]
+    assert len(decoded) == len(FRAMES) and decoded[0].shape[:2] == (18, 32)
+
+    # The node kept nothing of the comp: no work folder, no frame, preview, sheet or movie (the
+    # textured shot's PNGs in its scene cache are that shot's, uploaded for its render).
+    film = lab.nodes["film"]
+    left = [
+        p
+        for p in film.tmp.rglob("*")
+        if (p.name.startswith("farm-comp-") or p.suffix in (".png", ".mp4", ".jpg"))
+        and not textured_shot_input(film, p)
+    ]
+    assert left == []
+    assert not list(film.tmp.rglob("shot_*.exr"))
+
+
+def textured_shot_input(node: Machine, path: Path) -> bool:
+    """Whether ``path`` is one of the textured shot's files, laid out in ``node``'s scene cache."""
+    trees = node.path("/tmp/home/.cache/farm/node/trees")
+    return path.is_relative_to(trees) and path.relative_to(trees).parts[1:3] == ("tmp", "shot")
+
+
+def test_a_torn_plate_fails_the_frame_naming_the_file_as_the_server_has_it(
+    lab: Lab, render: str
+) -> None:
+    """Its header reads (the check at submission passes); its pixels do not, on the node."""
+    torn = plate_on_server(lab, "torn.exr")
+    torn.write_bytes(torn.read_bytes()[: torn.stat().st_size // 2])
+    plate = f"{OUTPUTS}/plates/torn.exr"
+    job = submit_comp(lab, render, spec_for(plate, f"{OUTPUTS}/torn", retries=0, review=False))
+    watched = lab.farm("watch", job)
+    assert watched.returncode != 0
+    status = lab.api().get(f"/jobs/{job}").json()
+    assert status["state"] == "failed" and status["outputs"]["frames"] == []
+    errors = {a["error"] for a in json.loads(lab.farm("logs", job, "--json").stdout)}
+    assert errors == {
+        f"frame {f}: cannot decode {plate}: Some scanline chunks were missing or corrupted"
+        for f in FRAMES
+    }
+    assert not lab.head.path(f"{OUTPUTS}/torn").exists()
+    assert not list(lab.nodes["film"].tmp.rglob("farm-comp-*"))
+
+
 def test_cancel_stops_the_nodes_blenders_and_nothing_is_left_queued(lab: Lab, make_scene) -> None:
     slow = make_scene(96, 54, samples=3000, frames=6)  # frames of several seconds
     laptop_scene = lab.laptop.path("/tmp/slow/slow.blend")
@@ -190,15 +401,15 @@ def test_cancel_stops_the_nodes_blenders_and_nothing_is_left_queued(lab: Lab, ma
     )
     assert submitted.returncode == 0, submitted.stderr
     job = json.loads(submitted.stdout)["id"]
-    assert wait_until(lambda: api.get(f"/jobs/{job}").json()["tasks"]["running"], 60), "no task ran"
-    assert wait_until(lambda: blenders_on("slow.blend"), 30)
+    assert wait_for(lambda: api.get(f"/jobs/{job}").json()["tasks"]["running"], 60), "no task ran"
+    assert wait_for(lambda: blenders_on("slow.blend"), 30)
 
     cancelled = lab.farm("cancel", str(job))
     assert cancelled.returncode == 0 and cancelled.stdout.strip() == f"job {job}: cancelled"
     # The slots that rendered the job died with their Blenders; a warm slot still opening on the
     # scene may stay for the next job, idle.
-    assert wait_until(lambda: not rendering(blenders_on("slow.blend")), 15), "a Blender rendered on"
-    assert wait_until(lambda: api.get(f"/jobs/{job}").json()["tasks"]["running"] == 0, 15)
+    assert wait_for(lambda: not rendering(blenders_on("slow.blend")), 15), "a Blender rendered on"
+    assert wait_for(lambda: api.get(f"/jobs/{job}").json()["tasks"]["running"] == 0, 15)
     status = api.get(f"/jobs/{job}").json()
     assert status["state"] == "cancelled"
     assert status["tasks"]["queued"] == 0 and status["tasks"]["cancelled"] == 6
@@ -208,13 +419,14 @@ def test_cancel_stops_the_nodes_blenders_and_nothing_is_left_queued(lab: Lab, ma
     assert again.stderr.strip() == f"error: job {job} is cancelled: nothing to change"
 
 
-def wait_until(predicate, timeout: float) -> bool:
+def wait_for(value, timeout: float):
+    """``value()`` once it is truthy, asked every 0.1 s for up to ``timeout`` seconds (else None)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if predicate():
-            return True
+        if found := value():
+            return found
         time.sleep(0.1)
-    return False
+    return None
 
 
 def blenders_on(name: str) -> list[psutil.Process]:
@@ -239,3 +451,59 @@ def rendering(blenders: list[psutil.Process]) -> list[psutil.Process]:
     before = {p: cpu(p) for p in blenders}
     time.sleep(0.5)
     return [p for p in blenders if cpu(p) - before[p] > 0.1]
+
+
+SPARE_FRAMES = 12  # frames of about two seconds: work left for each node lost
+
+
+def test_nodes_powered_off_mid_job_lose_no_frame(lab: Lab, make_scene) -> None:
+    """Three one-CPU nodes of a lab of their own (the film and ML nodes stay for the other tests)
+    and a render on two slots there. The first node powered off mid-frame has its slot replaced on
+    the spare node; powering off the other first one leaves no room, so the spare's slot renders
+    the rest (a replacement Ray cannot place gets no work). Every frame is written, once."""
+    nodes = [lab.join(f"spare{n}", "spare") for n in range(3)]
+    try:
+        scene = lab.laptop.path("/tmp/spare/spare.blend")
+        scene.parent.mkdir(parents=True)
+        scene.write_bytes(make_scene(96, 54, 200, SPARE_FRAMES).read_bytes())
+        submitted = lab.farm(
+            "submit", "render", "/tmp/spare/spare.blend", "--upload", "--lab", "spare",
+            "--slots", "2", "--threads", "1", "--tiles", "none", "--json",
+        )  # fmt: skip
+        assert submitted.returncode == 0, submitted.stderr
+        job = json.loads(submitted.stdout)["id"]
+        api = lab.api()
+        by_id = {n.node_id: n for n in nodes}
+
+        def running() -> Counter[str]:
+            """The job's attempts running now (one renders, one waits: a slot takes two), by node."""
+            tries = api.get(f"/jobs/{job}/logs").json()
+            return Counter(a["node"] for a in tries if a["status"] == "running")
+
+        # Powered off with two frames on its slot: one of them is lost whatever the timing.
+        both = wait_for(lambda: now if sorted((now := running()).values()) == [2, 2] else None, 120)
+        assert both, "the job's two slots did not both render"
+        first, survivor = (by_id[node] for node in sorted(both))
+        [spare] = [n for n in nodes if n not in (first, survivor)]
+        first.power_off()
+        assert wait_for(lambda: running()[spare.node_id], 60), "the spare node got no work"
+        assert wait_for(lambda: running()[survivor.node_id] == 2, 60), "the survivor ran out"
+        survivor.power_off()
+
+        watched = lab.farm("watch", str(job))
+        assert watched.returncode == 0, watched.stdout + watched.stderr
+        tries = api.get(f"/jobs/{job}/logs").json()
+        done = {a["task"]: a["node"] for a in tries if a["status"] == "done"}
+        for off, then in ((first, {survivor, spare}), (survivor, {spare})):
+            lost = {a["task"] for a in tries if a["node"] == off.node_id and a["status"] != "done"}
+            assert lost and {by_id[done[task]] for task in lost} <= then, tries
+        events = api.get(f"/jobs/{job}/events", params={"limit": 10_000}).json()
+        assert sum(e["kind"] == "retry" for e in events) >= 2
+        written = Counter(e["frame"] for e in events if e["kind"] == "written")
+        assert written == Counter(range(1, SPARE_FRAMES + 1))
+        outputs = api.get(f"/jobs/{job}/outputs").json()
+        names = sorted(o["name"] for o in outputs)
+        assert names == [f"spare_{f:04d}.exr" for f in range(1, SPARE_FRAMES + 1)]
+    finally:
+        for node in nodes:
+            node.power_off()
