@@ -14,7 +14,10 @@ from tests.conftest import ROOT
 from tests.test_train import farm, finish
 
 DENOISE = ROOT / "examples" / "train_denoise.py"
-EPOCHS = 3
+# Two epochs: the loss falls and the held-out frame gains ~5.2 dB over the noisy render's 17.7 dB
+# (measured for seeds 0, 1 and 2: 5.21, 5.23, 5.21 dB after the second epoch), against the 2 dB the
+# test asks; the renders are deterministic (same scene, seed and samples) and so is the training.
+EPOCHS = 2
 PATCHES, BATCH = 256, 8  # steps per epoch: 32
 # Each farm command starts a Ray of its own: ray.init() would join any cluster `ray start` left
 # running on this machine (other tests start some), and find its CPUs taken.
