@@ -285,7 +285,6 @@ LONGEST_FIRST = [
     "test_lab_machines",  # ~150 s: the one lab (head, server, film and ML nodes, nodes lost)
     "test_train",  # ~140 s on a busy worker
     "test_cli",  # ~130 s
-    "test_lab_train",  # a lab of its own and a training run on it
     "test_server_restart",
     "test_train_denoise",
     "test_api",

@@ -124,6 +124,10 @@ class Machine:
             process.wait()
         self.processes.clear()
 
+    def running(self) -> list[psutil.Process]:
+        """Every live process of the machine (those it started and all theirs)."""
+        return self._alive([p for p in self.processes if p.poll() is None])
+
     @staticmethod
     def _alive(leaders: list[subprocess.Popen[str]]) -> list[psutil.Process]:
         """The live processes of the sessions ``leaders`` head, and their descendants."""

@@ -36,7 +36,7 @@ def test_a_denoiser_trained_on_the_farms_own_renders_beats_its_noisy_input(make_
         *(f"noisy_{n:04d}.exr" for n in (1, 2, 3)),
     ]
 
-    args = ["train", str(DENOISE), "--workers", "1", "--json", "--config", f"data={data}"]
+    args = ["train", str(DENOISE), "--workers", "1", "--json", "--data", str(data)]
     for key, value in {"epochs": EPOCHS, "patches_per_epoch": PATCHES, "batch_size": BATCH}.items():
         args += ["--config", f"{key}={value}"]
     code, out, err = finish(farm(args, tmp_path, **OWN_RAY), timeout=180)
