@@ -629,28 +629,15 @@ def test_a_run_naming_a_dataset_the_server_lacks_is_refused_at_submission(lab: L
     assert lab.api().get("/jobs").json() == jobs
 
 
-PLATES_COMP = """
-config = "ocio://studio-config-latest"
-working_space = "ACEScg"
-
-[inputs.fg]
-path = "plates/fg_####.exr"
-
-[inputs.sky]
-path = "plates/sky.exr"
-
-[[ops]]
-op = "over"
-inputs = ["fg", "sky"]
-
-[[ops]]
-op = "grade"
-exposure = 0.5
-
-[output]
-path = "comp/plates_####.exr"
-depth = "float"
-"""
+# tests/test_comp.py's comp over a plate with both inputs plates on the laptop (no render, no
+# review): a sequence under a still.
+PLATES_COMP = (
+    COMP_OVER_PLATE.split("[review]")[0]
+    .replace('after = true\nlayer = "ViewLayer.Combined"', 'path = "plates/fg_####.exr"')
+    .replace('"plates/sky_####.exr"', '"plates/sky.exr"')
+    .replace('preview = "comp/preview/shot_####.png"\n', "")
+    .replace('"comp/shot_####.exr"', '"comp/plates_####.exr"')
+)
 
 
 def test_a_comp_of_plates_on_the_laptop_uploads_them_and_writes_in_the_users_folder(

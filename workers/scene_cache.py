@@ -223,8 +223,10 @@ def dataset_id(files: dict[str, str]) -> str:
     return hashlib.sha256(dataset_manifest(files)).hexdigest()
 
 
-def dataset_tree(files: dict[str, str], fetch: Callable[[str], bytes], cache: Path) -> Path:
-    """An uploaded dataset (relative name → sha256) laid out under ``cache``: its folder."""
+def dataset_layout(files: dict[str, str]) -> dict[tuple[str, ...], str]:
+    """A dataset's files (relative name → sha256) as a tree's layout, or ``ValueError`` (one
+    line) for a name :func:`dataset_parts` refuses, a bad digest, or a file that is a folder too:
+    what the server checks when a dataset is named, so no node meets it."""
     layout: dict[tuple[str, ...], str] = {}
     for name, digest in files.items():
         if not isinstance(digest, str) or not _DIGEST.fullmatch(digest):
@@ -233,7 +235,12 @@ def dataset_tree(files: dict[str, str], fetch: Callable[[str], bytes], cache: Pa
     folders = {parts[:end] for parts in layout for end in range(1, len(parts))}
     if clash := folders & layout.keys():
         raise ValueError(f"{'/'.join(min(clash))!r} is both a file and a folder in the dataset")
-    return lay_out(layout, dataset_id(files), fetch, cache)
+    return layout
+
+
+def dataset_tree(files: dict[str, str], fetch: Callable[[str], bytes], cache: Path) -> Path:
+    """An uploaded dataset (relative name → sha256) laid out under ``cache``: its folder."""
+    return lay_out(dataset_layout(files), dataset_id(files), fetch, cache)
 
 
 def tree_path(cache: Path, tree_id: str) -> Path:

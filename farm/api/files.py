@@ -20,7 +20,7 @@ from farm.scheduler.kinds.train import run_name
 from farm.store.queries import comp_outputs, written_frames
 from farm.store.scenes import PREFIX as SCENE_PREFIX
 from farm.store.scenes import ContentStore, Upload
-from workers.scene_cache import dataset_id, dataset_manifest, dataset_parts
+from workers.scene_cache import dataset_id, dataset_layout, dataset_manifest
 
 router = APIRouter()
 
@@ -65,14 +65,11 @@ def put_dataset(body: DatasetFiles, _: Me, files: Files) -> Dataset:
     name a training run gives as its data (``farm data put FOLDER`` does all of it)."""
     if not body.files:
         raise FarmError("a dataset needs at least one file")
-    for name in body.files:
-        try:
-            dataset_parts(name)
-        except ValueError as error:
-            raise FarmError(f"the dataset's files: {error}") from None
-    if missing := files.missing(list(body.files.values())):
-        name = next(n for n, d in body.files.items() if d == missing[0])
-        raise FarmError(f"{name} (sha256:{missing[0]}) was not uploaded: PUT /files/{missing[0]}")
+    try:
+        dataset_layout(body.files)
+    except ValueError as error:
+        raise FarmError(f"the dataset's files: {error}") from None
+    files.require(body.files)
     digest = dataset_id(body.files)
     manifest = files.path(digest)
     if not manifest.is_file():
@@ -96,41 +93,39 @@ def outputs(job_id: int, db: Db, me: Me, sched: Sched) -> list[dict[str, Any]]:
     """What the job has written and is on disk, for `farm fetch`: a render's frames; a comp's
     frames, previews, contact sheet and movie; a training run's checkpoints, TensorBoard files
     and Ray Train's state. Each ``name`` is its path under the folder that holds them all."""
-    return list(_outputs(db, me, job_id, sched.storage).values())
+    listed = []
+    for name, (path, frame) in _named(db, me, job_id, sched.storage).items():
+        if path.is_file():
+            size = path.stat().st_size
+            listed.append({"name": name, "frame": frame, "path": str(path), "bytes": size})
+    return listed
 
 
 @router.get("/jobs/{job_id}/outputs/{name:path}", responses=refusals(404, 422))
 def output(job_id: int, name: str, db: Db, me: Me, sched: Sched) -> FileResponse:
-    found = _outputs(db, me, job_id, sched.storage).get(name)
-    if found is None:
+    path, _ = _named(db, me, job_id, sched.storage).get(name, (None, None))
+    if path is None or not path.is_file():
         raise NotFound(f"job {job_id} has no output {name[:200]!r} on disk")
-    return FileResponse(found["path"], filename=Path(found["path"]).name)
+    return FileResponse(path, filename=path.name)
 
 
-def _outputs(db: Session, me: Caller, job_id: int, storage: Path) -> dict[str, dict[str, Any]]:
+def _named(
+    db: Session, me: Caller, job_id: int, storage: Path
+) -> dict[str, tuple[Path, int | None]]:
+    """What the job made (its path and frame, if a frame) by name: its path under the folder
+    that holds all it recorded."""
     job = readable(db, me, job_id)
-    frames: dict[str, int | None] = {}
+    made: dict[Path, int | None] = {}
     if job.kind == "train":
         run = storage / run_name(job.id)
-        frames = (
-            {str(p): None for p in sorted(run.rglob("*")) if p.is_file()} if run.is_dir() else {}
-        )
+        made = {p: None for p in sorted(run.rglob("*")) if p.is_file()} if run.is_dir() else {}
     else:
-        frames = {path: frame for frame, path in sorted(written_frames(db, job.id).items())}
+        made = {Path(path): frame for frame, path in sorted(written_frames(db, job.id).items())}
     if job.kind == "comp":
-        made = comp_outputs(db, job.id)
-        extra = [*made["previews"], made["contact_sheet"], made["movie"]]
-        frames.update((path, None) for path in extra if path)
-    on_disk = [Path(p) for p in frames if Path(p).is_file()]
-    if not on_disk:
+        review = comp_outputs(db, job.id)
+        extra = [*review["previews"], review["contact_sheet"], review["movie"]]
+        made.update((Path(path), None) for path in extra if path)
+    if not made:
         return {}
-    top = Path(os.path.commonpath([p.parent for p in on_disk]))
-    return {
-        p.relative_to(top).as_posix(): {
-            "name": p.relative_to(top).as_posix(),
-            "frame": frames[str(p)],
-            "path": str(p),
-            "bytes": p.stat().st_size,
-        }
-        for p in on_disk
-    }
+    top = Path(os.path.commonpath([p.parent for p in made]))
+    return {p.relative_to(top).as_posix(): (p, frame) for p, frame in made.items()}

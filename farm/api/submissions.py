@@ -180,9 +180,7 @@ def bundle(body: RenderSubmission, digest: str | None, files: Files) -> dict[str
             raise FarmError("files and origin belong to an uploaded scene (scene: sha256:…)")
         return {}
     origin = body.origin or uploaded_origin(digest)
-    if missing := files.missing(list(body.files.values())):
-        path = next(p for p, d in body.files.items() if d == missing[0])
-        raise FarmError(f"{path} (sha256:{missing[0]}) was not uploaded: PUT /files/{missing[0]}")
+    files.require(body.files)
     listed = sorted({**body.files, origin: digest}.items())
     try:
         scene_cache.check(scene_cache.Bundle(origin, tuple(listed)))

@@ -89,6 +89,11 @@ class Client:
         host = httpx.URL(self.url).host
         return host in ("localhost", "127.0.0.1", "::1", socket.gethostname(), socket.getfqdn())
 
+    def uploads(self, upload: bool | None) -> bool:
+        """Whether files named here travel to the server: ``--upload``/``--no-upload`` as given,
+        else when the server is on another machine (it cannot read them where they are)."""
+        return upload if upload is not None else not self.on_this_machine
+
     def upload_shot(self, scene: Path) -> dict[str, Any]:
         """Send a .blend and every file it uses (Blender lists them here, where they are) to the
         server, each only if the server lacks it; returns what a render submission names them by.

@@ -10,6 +10,7 @@ import click
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from farm.cli import options
 from farm.cli.client import Client, server_url
 from farm.cli.lab import submit, watch_job
 from farm.cli.options import json_option
@@ -26,12 +27,7 @@ after_option = click.option(
 )
 
 
-upload_option = click.option(
-    "--upload/--no-upload",
-    default=None,
-    help="Send the inputs found here to the farm server, the other paths being the server's "
-    "(the default when the server is on another machine); --no-upload: paths on a shared drive.",
-)
+upload_option = options.upload_option("the inputs found here (the other paths are the server's)")
 
 
 def read_spec(path: Path, upload: bool | None = None) -> dict[str, Any]:
@@ -43,7 +39,7 @@ def read_spec(path: Path, upload: bool | None = None) -> dict[str, Any]:
     client = remote("farm comp").client if server_url() else None
     if client is None and upload:
         raise FarmError("--upload sends the inputs to a farm server, and none is configured")
-    if client is None or upload is False or (upload is None and client.on_this_machine):
+    if client is None or not client.uploads(upload):
         return pipeline.absolute_paths(data, Path.cwd())
     return upload_inputs(data, client)
 

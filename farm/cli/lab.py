@@ -39,7 +39,7 @@ def submission(client: Client, kwargs: dict[str, Any]) -> tuple[dict[str, Any], 
     scene = user_path("scene", body["scene"])
     upload = body.pop("upload", None)
     sent: dict[str, int] = {}
-    if upload or (upload is None and not client.on_this_machine):
+    if client.uploads(upload):
         body.update(client.upload_shot(scene))
         sent = body.pop("sent")
     else:

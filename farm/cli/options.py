@@ -15,6 +15,16 @@ json_option = click.option(
 )
 
 
+def upload_option(what: str) -> Any:
+    """``--upload/--no-upload``: send ``what`` to the farm server, or name paths it reads."""
+    return click.option(
+        "--upload/--no-upload",
+        default=None,
+        help=f"Send {what} to the farm server (the default when the server is on another "
+        "machine); --no-upload: the paths are on the lab's shared drive.",
+    )
+
+
 def render_options(function: Any) -> Any:
     """The options of a render: ``farm render``, ``farm demo`` and ``farm submit render``."""
     options = [
@@ -84,12 +94,7 @@ def render_options(function: Any) -> Any:
             show_default=True,
             help="Seconds Blender may print nothing before the attempt fails.",
         ),
-        click.option(
-            "--upload/--no-upload",
-            default=None,
-            help="Send the scene and every file it uses to the farm server (the default when the "
-            "server is on another machine); --no-upload: the paths are on the lab's shared drive.",
-        ),
+        upload_option("the scene and every file it uses"),
         json_option,
     ]
     for option in reversed(options):

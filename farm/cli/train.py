@@ -65,14 +65,15 @@ def _data(data: str | None, client: Client | None) -> str | None:
     path where the nodes see it (this machine's, or the server's when it runs here)."""
     if data and data.startswith(PREFIX) and client is None:
         raise FarmError(
-            f"--data {data[:80]}: an uploaded dataset lives on a farm server (farm login); here, give its folder"
+            f"--data {data[:80]}: an uploaded dataset lives on a farm server (farm login); "
+            "here, give its folder"
         )
     if not data or data.startswith(PREFIX):
         return data
     folder = Path(data)
     if not folder.is_dir():
         raise FarmError(f"--data {data}: no such folder (or give sha256:… from farm data put)")
-    if client is not None and not client.on_this_machine:
+    if client is not None and client.uploads(None):
         return client.upload_dataset(folder)["data"]
     return str(folder.absolute())
 

@@ -54,6 +54,14 @@ class ContentStore:
         """The digests among ``digests`` this store lacks, in their order, each once."""
         return [d for d in dict.fromkeys(digests) if not self.path(d).is_file()]
 
+    def require(self, named: dict[str, str]) -> None:
+        """Refuse, naming the first, files (name → sha256) this store lacks."""
+        if missing := self.missing(list(named.values())):
+            name = next(n for n, d in named.items() if d == missing[0])
+            raise FarmError(
+                f"{name} (sha256:{missing[0]}) was not uploaded: PUT /files/{missing[0]}"
+            )
+
     def upload(self, digest: str) -> Upload:
         return Upload(self.path(digest))
 
