@@ -582,13 +582,17 @@ def test_a_run_on_uploaded_data_survives_a_killed_worker_with_no_shared_folder(l
     assert (latest["epoch"], latest["step"]) == (epochs - 1, STEPS_PER_EPOCH * epochs)
     assert list(run.glob("tensorboard/events.out.tfevents.*"))
     laid_out = 0
+    left = []
     for name in ("film", "ml"):
         node = lab.nodes[name]
-        assert not [p for p in node.tmp.rglob("state.pt")], name
+        left += [p.relative_to(node.tmp) for p in node.tmp.rglob("state.pt")]
         cached = list(node.path("/tmp/home/.cache/farm/node/trees").glob("*/digits.npz"))
         assert [p.read_bytes() for p in cached] in ([], [(folder / "digits.npz").read_bytes()])
         laid_out += len(cached)
     assert laid_out >= 1  # on each node that ran a worker
+    # The only state.pt a node may hold is the script's own: the worker killed inside its
+    # `with TemporaryDirectory()` (a folder straight under /tmp) could not remove it.
+    assert len(left) <= 1 and all(len(p.parts) == 2 and p.parts[0].startswith("tmp") for p in left)
 
     plotted = lab.farm("metrics", str(job), "--json", "--plot", "/tmp/curves.png")
     assert plotted.returncode == 0 and json.loads(plotted.stdout) == rows

@@ -143,8 +143,13 @@ def test_a_cancelled_run_resumes_from_its_latest_checkpoint_and_each_attempt_is_
         assert time.monotonic() < deadline, "Ray Train workers outlived the cancel"
         time.sleep(0.5)
     before = api.get(f"/jobs/{job}/metrics").json()
-
-    assert "queued again" in api.post(f"/jobs/{job}/retry").json()["result"]
+    # The attempt's end may be recorded a moment after its workers die: until then a retry is
+    # refused, saying why.
+    while (retried := api.post(f"/jobs/{job}/retry")).status_code != 200:
+        assert "still stopping its cancelled tasks" in retried.json()["detail"], retried.json()
+        assert time.monotonic() < deadline, api.get(f"/jobs/{job}/tasks").json()
+        time.sleep(0.2)
+    assert "queued again" in retried.json()["result"]
     assert _wait_state(api, job, {"done", "failed"})["state"] == "done"
     rows = api.get(f"/jobs/{job}/metrics").json()
     assert rows[: len(before)] == before

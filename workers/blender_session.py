@@ -49,6 +49,9 @@ class SessionOptions:
     threads: int = 0  # 0: Blender's default, every core
     allow_scripts: bool = False
     stall_timeout: float = 600.0  # seconds without a line of output before the attempt fails
+    # Loading a scene prints nothing until it is loaded (Blender's own output is block-buffered
+    # on a pipe), and takes longer on a busy node: start-up gets at least this long.
+    start_timeout: float = 120.0
     env: dict[str, str] | None = None
     # The scene's tree on this node (workers/scene_cache.py): its absolute paths are pointed at
     # their mirrors under it before anything else; None: the paths stay as the .blend has them.
@@ -103,7 +106,7 @@ class BlenderSession:
             start_new_session=True,
         )
         threading.Thread(target=self._read, args=(self._process,), daemon=True).start()
-        self.info = self._wait("hello")["info"]
+        self.info = self._wait("hello", max(opts.stall_timeout, opts.start_timeout))["info"]
         if opts.remap_root is not None:
             self._send({"op": "remap", "root": str(opts.remap_root)})
             try:
@@ -199,17 +202,18 @@ class BlenderSession:
         except OSError as error:
             raise self._failure(f"Blender stopped accepting commands ({error})") from error
 
-    def _wait(self, op: str) -> dict[str, Any]:
+    def _wait(self, op: str, stall: float | None = None) -> dict[str, Any]:
+        """The reply ``op``; fail when Blender prints nothing for ``stall`` seconds (by default
+        the session's stall timeout)."""
+        stall = self.options.stall_timeout if stall is None else stall
         while True:
             idle = time.monotonic() - self._last_output
             try:
-                message = self._replies.get(timeout=max(0.1, self.options.stall_timeout - idle))
+                message = self._replies.get(timeout=max(0.1, stall - idle))
             except queue.Empty:
-                if time.monotonic() - self._last_output < self.options.stall_timeout:
+                if time.monotonic() - self._last_output < stall:
                     continue
-                raise self._failure(
-                    f"Blender printed nothing for {self.options.stall_timeout:g} s"
-                ) from None
+                raise self._failure(f"Blender printed nothing for {stall:g} s") from None
             if message is None:
                 code = self._process.wait() if self._process else None
                 raise self._failure(f"Blender exited with code {code}")

@@ -92,7 +92,7 @@ def render_options(function: Any) -> Any:
             type=float,
             default=600.0,
             show_default=True,
-            help="Seconds Blender may print nothing before the attempt fails.",
+            help="Seconds Blender may print nothing before the attempt fails (loading a scene gets at least 120).",
         ),
         upload_option("the scene and every file it uses"),
         json_option,

@@ -151,6 +151,10 @@ class Commands:
             unwritten = (
                 row.kind == "render" and State(row.state).finished and row.state != State.DONE
             )
+            if not chosen and job is not None and job.state is State.CANCELLED:
+                raise FarmError(
+                    f"job {job_id} is still stopping its cancelled tasks: retry once they stop"
+                )
             if not chosen and not unwritten:
                 raise FarmError(f"job {job_id} has no failed or cancelled tasks to retry")
         if State(row.state).finished:
