@@ -115,6 +115,21 @@ def job_ids(api: httpx.Client) -> list[int]:
 # own checks hold it. A valid request may still be refused (cancel of a finished job is a 400), so
 # its "valid data must be accepted" check is left out.
 
+
+@pytest.fixture(scope="module")
+def farm_server(tmp_path_factory: pytest.TempPathFactory):
+    """The module's farm server (and its own local Ray), started while another Ray cluster runs
+    on this machine, as a ``ray start`` beside a server leaves one: the server must not join it
+    (test_a_local_server_starts_its_own_ray_even_beside_another_cluster)."""
+    beside = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})  # one node, no CPUs
+    try:
+        server = FarmServer(tmp_path_factory.mktemp("server") / "data").start()
+    finally:
+        beside.shutdown()
+    yield server
+    server.stop()
+
+
 EXAMPLES = 15  # per operation and mode: about 400 requests, some 15 s
 
 
@@ -701,20 +716,13 @@ def test_the_cli_without_a_server_says_it_needs_one(cli_env, tmp_path):
 # 6. The server's own Ray.
 
 
-def test_a_local_server_starts_its_own_ray_even_beside_another_cluster(tmp_path):
+def test_a_local_server_starts_its_own_ray_even_beside_another_cluster(farm_server):
     """``farm server --ray-address local`` (what the fixture runs) must not join the cluster this
     machine last started: ``ray.init()`` with no address does (/tmp/ray/ray_current_cluster), so a
-    server beside a ``ray start`` or a test's ``Cluster`` ran its work there and died with it."""
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})  # one node, no CPUs
-    try:
-        server = FarmServer(tmp_path / "data").start()
-        try:
-            with server.client() as http:
-                nodes = http.get("/nodes").json()
-        finally:
-            server.stop()
-    finally:
-        cluster.shutdown()
+    server beside a ``ray start`` or a test's ``Cluster`` ran its work there and died with it. The
+    module's server was started beside a cluster of one node with no CPUs, since shut down."""
+    with farm_server.client() as http:
+        nodes = http.get("/nodes").json()
     assert len(nodes) == 1 and nodes[0]["cpus"] >= 1, nodes  # its own Ray has this machine's CPUs
 
 

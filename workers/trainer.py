@@ -13,6 +13,7 @@ the script as ``config["data"]``.
 from __future__ import annotations
 
 import math
+import os
 import time
 import traceback
 import types
@@ -27,6 +28,12 @@ from workers.run_storage import filesystem
 from workers.scene_cache import dataset_tree, node_cache
 
 ENTRY = "train_loop_per_worker"
+
+# What Ray Train starts beside a run that a lab farm has no use for, each a process of its own (a
+# second of CPU or more to start): a watcher of cloud preemption (lab nodes are not preempted; a
+# lost node is the farm's to handle, and Ray Train's restart on worker loss still runs) and the
+# Prometheus metrics of runs (the farm records its own). Read by the run's controller.
+QUIET_RAY_TRAIN = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0", "RAY_TRAIN_METRICS_ENABLED": "0"}
 
 
 class TrainingFailed(RuntimeError):
@@ -104,6 +111,8 @@ def run(
     dataset; a ``data`` folder in ``spec`` is a path every node sees (a shared drive).
     ``placement``: custom resources each worker asks too (its lab's)."""
     entry = load(spec["script"], spec["source"])
+    for variable, value in QUIET_RAY_TRAIN.items():
+        os.environ.setdefault(variable, value)
     config = dict(spec["config"])
     if dataset is not None:
         entry = with_dataset(entry, dataset, files)
