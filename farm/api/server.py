@@ -9,7 +9,6 @@ are not rendered again.
 from __future__ import annotations
 
 import logging
-import os
 import signal
 from pathlib import Path
 
@@ -20,7 +19,7 @@ from farm.api.app import create_app
 from farm.config import private_folder, store_url
 from farm.errors import FarmError
 from farm.ray_token import check_token, find_token, reachable, use_token
-from farm.scheduler.connect import ensure_ray
+from farm.scheduler.connect import ensure_ray, last_cluster
 from farm.scheduler.fairshare import HALF_LIFE
 from farm.scheduler.loop import Scheduler
 from farm.store.tables import open_store
@@ -59,21 +58,6 @@ def join_ray(address: str | None, token_file: Path | None = None) -> str:
         raise FarmError(f"cannot join the Ray cluster at {address}: {error}") from None
     nodes = sum(1 for n in ray.nodes() if n.get("Alive"))
     return f"the Ray cluster at {address} ({nodes} node{'s' if nodes != 1 else ''})"
-
-
-def last_cluster() -> tuple[str, str] | None:
-    """The cluster ``auto`` means: ``$RAY_ADDRESS``, else the one this machine's last
-    ``ray start`` wrote down; with where it was found."""
-    if os.environ.get("RAY_ADDRESS"):
-        return os.environ["RAY_ADDRESS"], "$RAY_ADDRESS"
-    from ray._private.utils import get_ray_address_file
-
-    path = Path(get_ray_address_file(None))
-    try:
-        address = path.read_text().strip()
-    except OSError:
-        return None
-    return (address, str(path)) if address else None
 
 
 def serve(

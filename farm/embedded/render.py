@@ -19,7 +19,7 @@ import ray
 
 from farm.embedded.runner import Here
 from farm.errors import FarmError
-from farm.scheduler.connect import ensure_ray
+from farm.scheduler.connect import ensure_ray, local_resources
 from farm.scheduler.kinds.base import Event
 from farm.scheduler.kinds.render import RenderJob
 from farm.store import submit
@@ -86,13 +86,19 @@ class RunSummary:
 
 def check_cluster(slots: int, threads: int, gpu: bool, device: str) -> None:
     """Refuse a layout Ray could never place (its slots would wait forever)."""
-    gpus = ray.cluster_resources().get("GPU", 0)
+    nodes = [n["Resources"].get("CPU", 0) for n in ray.nodes() if n.get("Alive")]
+    check_layout(slots, threads, gpu, device, nodes, ray.cluster_resources().get("GPU", 0))
+
+
+def check_layout(
+    slots: int, threads: int, gpu: bool, device: str, nodes: list[float], gpus: float
+) -> None:
+    """Refuse a layout a cluster of ``nodes`` (their CPUs) and ``gpus`` could never place."""
     if gpu and gpus < slots:
         raise FarmError(
             f"--device {device} needs one GPU per slot: the Ray cluster has {gpus:g} GPUs "
             f"for {slots} slots (use --slots)"
         )
-    nodes = [n["Resources"].get("CPU", 0) for n in ray.nodes() if n.get("Alive")]
     if sum(nodes) < slots * threads or max(nodes, default=0) < threads:
         raise FarmError(
             f"{slots} slots × {threads} threads need {slots * threads} CPUs "
@@ -111,8 +117,10 @@ def render(
     """Run one render job to its end on this process's Ray; returns what ``--json`` prints."""
     started = time.monotonic()
     summary = RunSummary(slots=options.slots, threads=options.threads)
-    ensure_ray()
     device = spec.overrides.get("device", "CPU")
+    if (here := local_resources()) is not None:  # refused before a local Ray starts, not after
+        check_layout(options.slots, options.threads, device != "CPU", device, [here[0]], here[1])
+    ensure_ray()
     check_cluster(options.slots, options.threads, device != "CPU", device)
     here = Here(store or "sqlite://", blender=options.blender)
     run = {
