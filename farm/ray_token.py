@@ -12,6 +12,7 @@ A lab that insists on a cluster without a token starts every Ray process with
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import socket
@@ -103,20 +104,38 @@ def reachable(address: str, timeout: float = 5.0) -> str | None:
     return None
 
 
-# Asks the cluster's GCS for its id, as every Ray process does first: a wrong or missing token is
-# refused there. In a process of its own: Ray reads its auth mode once per process.
+# Asks the cluster's GCS for its id, as every Ray process does first: first without a token, then
+# (where that is refused and the parent named one in FARM_TOKEN_ENV) with it. Ray reads its auth
+# mode when it loads, and again when told to, as use_token does.
 _CHECK = """
-import sys
-from ray._raylet import GcsClient
+import json, os, sys
+carried = json.loads(os.environ.pop("FARM_TOKEN_ENV", "null"))
+for name in ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"):
+    os.environ.pop(name, None)
+os.environ["RAY_AUTH_MODE"] = "disabled"
+from ray._raylet import AuthenticationTokenLoader, Config, GcsClient
 from ray.exceptions import AuthenticationError
-try:
+def ask():
     GcsClient(address=sys.argv[1]).internal_kv_get(b"farm", None)
+try:
+    try:
+        ask()
+        sys.exit(0)
+    except AuthenticationError:
+        if carried is None:
+            sys.exit(3)
+    os.environ.update(carried)
+    Config.initialize("")
+    AuthenticationTokenLoader.instance().reset_cache()
+    ask()
+    sys.exit(5)
 except AuthenticationError:
     sys.exit(3)
 except Exception as error:
     print(str(error).splitlines()[0] if str(error) else type(error).__name__, file=sys.stderr)
     sys.exit(4)
 """
+TAKES_NONE, TAKES_TOKEN, REFUSED = 0, 5, 3
 
 
 def use_token(token: ClusterToken) -> None:
@@ -132,9 +151,21 @@ def use_token(token: ClusterToken) -> None:
     AuthenticationTokenLoader.instance().reset_cache()
 
 
-def check_token(address: str, token: ClusterToken | None) -> None:
-    """Refuse in one line when the cluster at ``address`` does not take ``token``."""
-    env = token.environ() if token else dict(os.environ)
+def token_for(address: str, token_file: Path | None = None) -> ClusterToken | None:
+    """The token to carry to the cluster at ``address``, checked there; None for a cluster that
+    takes none (a head started with ``RAY_AUTH_MODE=disabled``). A process that carries a token
+    to such a cluster refuses the cluster's own calls back to it: the GCS then takes it for dead
+    and destroys every actor it makes. Refuses in one line when the cluster will not take it."""
+    token, missing = None, None
+    if not disabled():
+        try:
+            token = find_token(token_file)
+        except FarmError as error:
+            missing = error
+    env = {k: v for k, v in os.environ.items() if k not in (TOKEN, TOKEN_PATH)}
+    if token:
+        value = {} if TOKEN_PATH in token.env else {TOKEN: os.environ[TOKEN]}
+        env["FARM_TOKEN_ENV"] = json.dumps({**value, **token.env})
     done = subprocess.run(
         [sys.executable, "-c", _CHECK, address],
         env=env,
@@ -143,12 +174,17 @@ def check_token(address: str, token: ClusterToken | None) -> None:
         timeout=90,
         check=False,
     )
-    if done.returncode == 3:
+    if done.returncode == TAKES_NONE:
+        return None
+    if done.returncode == TAKES_TOKEN:
+        return token
+    if done.returncode == REFUSED and missing:
+        raise missing
+    if done.returncode == REFUSED:
         carried = f"the token in {token.source}" if token else "no token (RAY_AUTH_MODE=disabled)"
         raise FarmError(
             f"the Ray cluster at {address} refused {carried}: use the head node's "
             "~/.ray/auth_token (`ray get-auth-token` on the head prints it)"
         )
-    if done.returncode != 0:
-        last = (done.stderr.strip().splitlines() or ["no answer"])[-1]
-        raise FarmError(f"cannot talk to the Ray cluster at {address}: {last}")
+    last = (done.stderr.strip().splitlines() or ["no answer"])[-1]
+    raise FarmError(f"cannot talk to the Ray cluster at {address}: {last}")

@@ -1,17 +1,31 @@
-"""The server killed with SIGKILL mid-job and started again: the job goes on from the store."""
+"""The server killed with SIGKILL mid-job and started again: the job goes on from the store.
+
+The module's servers join one Ray cluster, which outlives each of them as a lab's ``ray start``
+head outlives a restarted server (and spares every start a Ray of its own)."""
 
 from __future__ import annotations
 
 import time
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
+import pytest
+from ray.cluster_utils import Cluster
 from sqlalchemy import select
 
 from farm.store.tables import Attempt, Job, Task, open_store, session
 from farm.store.tables import Event as StoreEvent
 from tests.conftest import FarmServer
+
+
+@pytest.fixture(scope="module")
+def ray_head() -> Iterator[str]:
+    """The address of the module's Ray: one node with this machine's two CPUs."""
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2})
+    yield cluster.address
+    cluster.shutdown()
 
 
 def wait_for(predicate, timeout: float, what: str):
@@ -32,11 +46,15 @@ def blenders_on(scene: Path) -> list[psutil.Process]:
     ]
 
 
-def test_a_server_killed_mid_job_goes_on_from_the_store(make_scene, tmp_path) -> None:
+def test_a_server_killed_mid_job_goes_on_from_the_store(make_scene, ray_head, tmp_path) -> None:
     scene = make_scene(96, 54, samples=200, frames=6)  # ~0.5 s a frame on one thread
     data = tmp_path / "data"
     out = tmp_path / "out"
-    server = FarmServer(data).start()
+    # A token this machine holds, for a cluster that takes none: carried, it would make Ray's GCS
+    # take the server for dead and destroy each slot it starts.
+    (tmp_path / "auth_token").write_text("ab" * 32)
+    env = {"RAY_AUTH_TOKEN_PATH": str(tmp_path / "auth_token")}
+    server = FarmServer(data, ray_address=ray_head, env=env).start()
     try:
         api = f"{server.url}/api/v1"
         http = server.client()
@@ -85,11 +103,11 @@ def test_a_server_killed_mid_job_goes_on_from_the_store(make_scene, tmp_path) ->
 
 
 def test_a_server_on_postgresql_killed_mid_job_goes_on_from_the_store(
-    postgres_url, tmp_path
+    postgres_url, ray_head, tmp_path
 ) -> None:
     """The same on the PostgreSQL store, with a probe job (no Blender): no task stays running, the
     cut-short attempts are lost and run again, and the job ends done."""
-    server = FarmServer(tmp_path / "data", db=postgres_url).start()
+    server = FarmServer(tmp_path / "data", db=postgres_url, ray_address=ray_head).start()
     try:
         api = f"{server.url}/api/v1"
         http = server.client()
@@ -115,13 +133,13 @@ def test_a_server_on_postgresql_killed_mid_job_goes_on_from_the_store(
         server.stop()
 
 
-def test_a_stored_job_the_farm_cannot_read_fails_alone(tmp_path) -> None:
+def test_a_stored_job_the_farm_cannot_read_fails_alone(ray_head, tmp_path) -> None:
     """A job whose stored spec this farm cannot read (written by hand, or by another version)
     fails with the reason when the server takes it up; the server goes on serving."""
     db = session(open_store(f"sqlite:///{tmp_path / 'data' / 'farm.db'}"))
     db.add(Job(kind="render", name="odd.blend", owner="ana", state="queued", spec={"frames": [1]}))
     db.commit()
-    server = FarmServer(tmp_path / "data").start()
+    server = FarmServer(tmp_path / "data", ray_address=ray_head).start()
     try:
         api = f"{server.url}/api/v1"
         http = server.client()

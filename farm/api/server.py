@@ -18,7 +18,7 @@ import uvicorn
 from farm.api.app import create_app
 from farm.config import private_folder, store_url
 from farm.errors import FarmError
-from farm.ray_token import check_token, find_token, reachable, use_token
+from farm.ray_token import reachable, token_for, use_token
 from farm.scheduler.connect import ensure_ray, last_cluster
 from farm.scheduler.fairshare import HALF_LIFE
 from farm.scheduler.loop import Scheduler
@@ -48,8 +48,7 @@ def join_ray(address: str | None, token_file: Path | None = None) -> str:
             )
     elif why := reachable(address):
         raise FarmError(f"cannot join the Ray cluster at {address}: {why}")
-    token = find_token(token_file)
-    check_token(address, token)
+    token = token_for(address, token_file)
     if token:
         use_token(token)
     try:

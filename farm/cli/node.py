@@ -23,7 +23,7 @@ from farm.cli.options import echo_json, json_option
 from farm.config import find_blender
 from farm.errors import FarmError
 from farm.labs import LAB, lab_resource
-from farm.ray_token import ClusterToken, check_token, disabled, find_token, make_token, reachable
+from farm.ray_token import ClusterToken, disabled, find_token, make_token, reachable, token_for
 
 DEFAULT_PORT = 6379
 
@@ -176,8 +176,7 @@ def node_join(
     problems = node_problems(address, list(labs))
     if problems:
         raise FarmError(problems[0])
-    token = find_token(token_file)
-    check_token(address, token)
+    token = token_for(address, token_file)
     message = f"joined {address} as a node of {', '.join(labs) or 'no lab'}"
     if block:
         click.echo(f"{message}; stop it with Ctrl-C", err=True)
